@@ -1,0 +1,97 @@
+"""Name mapping between PyTorch state_dicts (U2PL/PCR layout) and MindSpore parameter names.
+
+Only BatchNorm leaves differ: weight/bias/running_mean/running_var <-> gamma/beta/moving_mean/moving_variance, and
+num_batches_tracked has no MindSpore counterpart. A BN prefix is recognised by its `running_mean` sibling, never by
+shape, so conv biases and 1-d parameters are left alone.
+"""
+import os
+import pickle
+import zipfile
+
+import numpy as np
+import torch
+
+from ms_semiseg.errors import UserError
+
+TORCH_TO_MS_BN = {"weight": "gamma", "bias": "beta", "running_mean": "moving_mean", "running_var": "moving_variance"}
+MS_TO_TORCH_BN = {v: k for k, v in TORCH_TO_MS_BN.items()}
+STATE_KEYS = ("teacher_state", "model_state", "state_dict", "model")
+OLD_PROTO_PREFIX = "relation_net."  # name of the prototype head in older PCR code
+
+
+def read_pth(path, state=None):
+    """Returns (state_dict of numpy arrays, the entry it came from) from a U2PL/PCR checkpoint dict, a dict with
+    a `state_dict`/`model` entry, or a plain state_dict. The teacher is preferred when present."""
+    if not os.path.isfile(path):
+        raise UserError(f"{path}: file not found, expected a PyTorch .pth checkpoint")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+        raise UserError(f"{path}: not a readable PyTorch checkpoint ({first}), expected a file written by torch.save")
+    if not isinstance(obj, dict) or not obj:
+        raise UserError(f"{path}: holds a {type(obj).__name__}, expected a state_dict or a U2PL checkpoint dict")
+    entry, tensors = _select_state(obj, state, path)
+    bad = [k for k, v in tensors.items() if not isinstance(v, torch.Tensor)]
+    if bad:
+        raise UserError(f"{path}: entry {entry!r} is not a state_dict ({bad[0]!r} is a {type(tensors[bad[0]]).__name__}),"
+                        f" expected tensors; choose another with --state")
+    return {k: v.detach().cpu().numpy() for k, v in strip_module(tensors).items()}, entry
+
+
+def _select_state(obj, state, path):
+    if state is not None:
+        if state not in obj or not isinstance(obj[state], dict):
+            raise UserError(f"{path}: no state_dict entry {state!r}, expected one of "
+                            f"{sorted(k for k, v in obj.items() if isinstance(v, dict))}")
+        return state, obj[state]
+    for key in STATE_KEYS:
+        if isinstance(obj.get(key), dict):
+            return key, obj[key]
+    return "(plain state_dict)", obj
+
+
+def strip_module(state_dict):
+    """Removes DistributedDataParallel's `module.` prefix (only where present, never blindly 7 characters)."""
+    return {(k[len("module."):] if k.startswith("module.") else k): v for k, v in state_dict.items()}
+
+
+def is_imagenet_backbone(state_dict):
+    """A bare ResNet checkpoint (deep-stem ImageNet weights or torchvision): `layer1.*` at top level, no `encoder.`."""
+    return "layer1.0.conv1.weight" in state_dict and not any(k.startswith("encoder.") for k in state_dict)
+
+
+def backbone_to_encoder(state_dict):
+    """ImageNet ResNet -> `encoder.*` names; the classifier `fc.*` is not part of the segmentor."""
+    return {"encoder." + k: v for k, v in state_dict.items() if not k.startswith("fc.")}
+
+
+def torch_to_ms(state_dict):
+    """PyTorch names -> MindSpore names (BN leaves renamed, num_batches_tracked dropped, old proto prefix mapped)."""
+    bn = {n[: -len(".running_mean")] for n in state_dict if n.endswith(".running_mean")}
+    out = {}
+    for name, value in state_dict.items():
+        if name.startswith(OLD_PROTO_PREFIX):
+            name = "proto_net." + name[len(OLD_PROTO_PREFIX):]
+        prefix, _, leaf = name.rpartition(".")
+        if prefix in bn:
+            if leaf == "num_batches_tracked":
+                continue
+            leaf = TORCH_TO_MS_BN.get(leaf, leaf)
+        out[f"{prefix}.{leaf}" if prefix else leaf] = value
+    return out
+
+
+def ms_to_torch(params):
+    """MindSpore names -> PyTorch names; num_batches_tracked (not kept by MindSpore) is written as 0."""
+    bn = {n[: -len(".moving_mean")] for n in params if n.endswith(".moving_mean")}
+    out = {}
+    for name, value in params.items():
+        prefix, _, leaf = name.rpartition(".")
+        if prefix in bn:
+            out[f"{prefix}.{MS_TO_TORCH_BN.get(leaf, leaf)}"] = value
+            if leaf == "moving_mean":
+                out[f"{prefix}.num_batches_tracked"] = np.array(0, dtype=np.int64)
+        else:
+            out[name] = value
+    return out

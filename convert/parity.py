@@ -1,0 +1,96 @@
+"""`python -m convert parity`: PyTorch reference vs converted MindSpore model, head by head, in eval mode."""
+import time
+
+import numpy as np
+
+from ms_semiseg.config import load_config, net_config
+from ms_semiseg.errors import UserError
+
+from . import mapping
+
+
+def torch_model_from(cfg, pth=None, state=None, seed=0):
+    import torch
+    from .reference import random_reference_model
+    from .torch_model import TorchModelBuilder
+    if pth is None:
+        return random_reference_model(net_config(cfg), seed=seed)
+    state_dict, _ = mapping.read_pth(pth, state)
+    if mapping.is_imagenet_backbone(state_dict):
+        raise UserError(f"{pth}: an ImageNet backbone has no segmentation heads, expected a U2PL/PCR checkpoint")
+    model = TorchModelBuilder(net_config(cfg))
+    missing, unexpected = model.load_state_dict({k: torch.from_numpy(v) for k, v in state_dict.items()}, strict=False)
+    missing = [k for k in missing if not k.endswith("num_batches_tracked")]
+    if missing or unexpected:
+        raise UserError(f"{pth}: does not match the config's model (missing {missing[:5]}, unexpected {unexpected[:5]})")
+    return model.eval()
+
+
+def ms_model_from_torch(cfg, torch_model):
+    """The converter's path: torch state_dict -> renamed arrays -> verified load into the MindSpore model."""
+    import mindspore as ms
+    from ms_semiseg.models import create_model
+    from ms_semiseg.utils.checkpoint import load_into_model
+    params = mapping.torch_to_ms({k: v.detach().cpu().numpy() for k, v in torch_model.state_dict().items()})
+    net = create_model(net_config(cfg))
+    load_into_model(net, "(converted reference)", {k: ms.Parameter(ms.Tensor(v), name=k) for k, v in params.items()})
+    net.set_train(False)
+    return net
+
+
+def torch_heads(model, x, device):
+    import torch
+    with torch.no_grad():
+        outs = model(torch.from_numpy(x).to(device))
+        pred_full = torch.nn.functional.interpolate(outs["pred"], size=x.shape[2:], mode="bilinear",
+                                                    align_corners=True)
+    heads = {"pred": outs["pred"], "pred_full": pred_full, "aux": outs.get("aux"), "proto": outs.get("proto")}
+    return {k: v.cpu().numpy() for k, v in heads.items() if v is not None}
+
+
+def ms_heads(net, x):
+    import mindspore as ms
+    from ms_semiseg.models.builder import inference_heads
+    tensor = ms.Tensor(x)
+    outs = net(tensor)
+    pred_full, proto = inference_heads(net, x.shape[2:], outs)
+    heads = {"pred": outs[0], "pred_full": pred_full, "aux": outs[1], "proto": proto}
+    return {k: v.asnumpy() for k, v in heads.items() if v is not None}
+
+
+def compare_heads(ref, ours):
+    """Per head: (max |diff|, argmax agreement over the class axis, shape)."""
+    report = {}
+    for name in ref:
+        if ref[name].shape != ours[name].shape:
+            raise AssertionError(f"head {name}: torch shape {ref[name].shape} != MindSpore {ours[name].shape}")
+        diff = float(np.abs(ref[name] - ours[name]).max())
+        agree = float((ref[name].argmax(1) == ours[name].argmax(1)).mean())
+        report[name] = (diff, agree, ref[name].shape)
+    return report
+
+
+def run_parity(args):
+    import mindspore as ms
+    import torch
+    from ms_semiseg.device import set_device
+    device = set_device(args.device)
+    if device == "GPU" and not torch.cuda.is_available():
+        raise UserError("--device GPU: torch sees no CUDA device, expected a CUDA build of torch for GPU parity")
+    ms.set_context(mode=ms.GRAPH_MODE if args.mode == "graph" else ms.PYNATIVE_MODE)
+    torch_device = "cuda" if device == "GPU" else "cpu"
+    cfg = load_config(args.config)
+    start = time.perf_counter()
+    ref_model = torch_model_from(cfg, args.pth, args.state, args.seed).to(torch_device)
+    net = ms_model_from_torch(cfg, ref_model)
+    x = np.random.default_rng(args.seed).standard_normal((args.batch, 3, args.height, args.width)).astype(np.float32)
+    report = compare_heads(torch_heads(ref_model, x, torch_device), ms_heads(net, x))
+    print(f"parity on {device} ({args.mode}), input {tuple(x.shape)}, weights: {args.pth or 'random'}")
+    print(f"{'head':<10} {'shape':<22} {'max_abs_diff':>13} {'argmax_agreement':>17}")
+    for name, (diff, agree, shape) in report.items():
+        print(f"{name:<10} {str(shape):<22} {diff:>13.3e} {agree:>17.6f}")
+    worst = max(d for d, _, _ in report.values())
+    agreement = min(a for _, a, _ in report.values())
+    print(f"({time.perf_counter() - start:.1f} s)")
+    print(f"parity: max_abs_diff={worst:.3e} argmax_agreement={agreement:.6f}")
+    return 0 if worst <= args.atol and agreement == 1.0 else 1

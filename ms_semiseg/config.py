@@ -1,0 +1,139 @@
+"""Upstream (U2PL/PCR) `config.yaml` loading: relative paths, `--opts key=value` overrides, and type checks."""
+import copy
+import os
+
+import yaml
+
+from .errors import UserError
+
+# Keys users may set with --opts even when their config omits them (our additions to the upstream schema).
+OPTIONAL_KEYS = {}
+
+# Expected types of keys that must be present when a section is used (checked with `require`).
+NET_SCHEMA = {
+    "net.num_classes": int,
+    "net.encoder.type": str,
+    "net.decoder.type": str,
+}
+
+
+def load_config(path, opts=()):
+    """Reads a config file; `opts` are `key.sub=value` strings whose values are parsed as YAML."""
+    if not os.path.isfile(path):
+        raise UserError(f"{path}: config file not found, expected a config.yaml")
+    try:
+        with open(path, "r", encoding="utf-8") as handle:
+            cfg = yaml.safe_load(handle)
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        where = getattr(exc, "problem_mark", None)
+        line = f" at line {where.line + 1}" if where is not None else ""
+        raise UserError(f"{path}: not valid YAML{line}, expected a U2PL/PCR config.yaml") from None
+    if not isinstance(cfg, dict):
+        raise UserError(f"{path}: top level is {type(cfg).__name__}, expected a mapping with sections net/dataset/...")
+    apply_opts(cfg, opts)
+    cfg["_config_path"] = os.path.abspath(path)
+    return cfg
+
+
+def config_dir(cfg):
+    return os.path.dirname(cfg.get("_config_path", os.path.abspath("config.yaml")))
+
+
+def resolve_path(cfg, value):
+    """Upstream configs hold paths relative to the experiment folder (where eval.sh runs): resolve against it."""
+    if value is None or value == "":
+        return value
+    value = os.path.expanduser(str(value))
+    return value if os.path.isabs(value) else os.path.normpath(os.path.join(config_dir(cfg), value))
+
+
+def get(cfg, dotted, default=None):
+    node = cfg
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return default
+        node = node[part]
+    return node
+
+
+def apply_opts(cfg, opts):
+    for opt in opts or ():
+        if "=" not in opt:
+            raise UserError(f"--opts {opt!r}: expected key=value, e.g. trainer.epochs=1")
+        key, raw = opt.split("=", 1)
+        value = yaml.safe_load(raw) if raw.strip() else ""
+        _set(cfg, key.strip(), value)
+
+
+def _set(cfg, dotted, value):
+    parts = dotted.split(".")
+    node = cfg
+    for i, part in enumerate(parts[:-1]):
+        child = node.get(part) if isinstance(node, dict) else None
+        if child is None and ".".join(parts[: i + 1]) in _optional_prefixes():
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise UserError(f"--opts {dotted}: no such config key ({'.'.join(parts[:i + 1])} is not a section)")
+        node = child
+    last = parts[-1]
+    if last not in node and dotted not in OPTIONAL_KEYS:
+        raise UserError(f"--opts {dotted}: no such config key, expected one of {sorted(node)} under "
+                        f"{'.'.join(parts[:-1]) or 'the top level'}")
+    old = node.get(last)
+    if old is not None and not _compatible(old, value):
+        raise UserError(f"--opts {dotted}={value!r}: wrong type {type(value).__name__}, expected "
+                        f"{type(old).__name__} like the config's {old!r}")
+    node[last] = value
+
+
+def _optional_prefixes():
+    prefixes = set()
+    for key in OPTIONAL_KEYS:
+        parts = key.split(".")
+        prefixes.update(".".join(parts[:i]) for i in range(1, len(parts)))
+    return prefixes
+
+
+def _compatible(old, new):
+    if isinstance(old, bool) or isinstance(new, bool):
+        return isinstance(old, bool) and isinstance(new, bool)
+    if isinstance(old, (int, float)):
+        return isinstance(new, (int, float))
+    if isinstance(old, (list, tuple)):
+        return isinstance(new, (list, tuple))
+    if isinstance(old, dict):
+        return isinstance(new, dict)
+    return isinstance(new, type(old))
+
+
+def require(cfg, schema, source=None):
+    """Checks that each dotted key exists with the expected type; one-line error naming file, key and type."""
+    source = source or cfg.get("_config_path", "config")
+    for dotted, expected in schema.items():
+        value = get(cfg, dotted, _MISSING)
+        if value is _MISSING:
+            raise UserError(f"{source}: missing key {dotted}, expected a {_type_name(expected)}")
+        if not _is_type(value, expected):
+            raise UserError(f"{source}: {dotted}={value!r} has type {type(value).__name__}, expected a "
+                            f"{_type_name(expected)}")
+
+
+def _is_type(value, expected):
+    types = expected if isinstance(expected, tuple) else (expected,)
+    if isinstance(value, bool) and bool not in types:
+        return False
+    return isinstance(value, types)
+
+
+def _type_name(expected):
+    types = expected if isinstance(expected, tuple) else (expected,)
+    return " or ".join({dict: "mapping", list: "list"}.get(t, t.__name__) for t in types)
+
+
+_MISSING = object()
+
+
+def net_config(cfg):
+    require(cfg, {"net": dict})
+    require(cfg, NET_SCHEMA)
+    return copy.deepcopy(cfg["net"])

@@ -1,0 +1,3 @@
+from .builder import ModelBuilder, SegmentationInference, create_model
+
+__all__ = ["ModelBuilder", "SegmentationInference", "create_model"]

@@ -1,0 +1,100 @@
+"""Model construction from the upstream `net:` config section (U2PL/PCR schema)."""
+from mindspore import nn
+
+from ..errors import UserError
+from .decoder import AuxHead, DeepLabV3PlusDecoder
+from .layers import resize_bilinear
+from .proto_head import CosineProtoHead
+from .resnet import ARCHS, build_resnet
+
+ENCODER_KWARGS = {"multi_grid", "zero_init_residual", "fpn", "replace_stride_with_dilation", "deep_stem"}
+DECODER_KWARGS = {"inner_planes", "dilations", "rep_head", "rep_clf"}
+DECODER_TYPES = ("dec_deeplabv3_plus",)
+
+
+def _short_type(type_path):
+    """`core.models.resnet.resnet101` / `u2pl.models.resnet.resnet101` -> `resnet101`."""
+    return str(type_path).rsplit(".", 1)[-1]
+
+
+def _check_kwargs(section, kwargs, allowed):
+    unknown = sorted(set(kwargs) - allowed)
+    if unknown:
+        raise UserError(f"net.{section}.kwargs: unknown key(s) {unknown}, expected some of {sorted(allowed)}")
+
+
+class ModelBuilder(nn.Cell):
+    """DeepLabv3+ segmentor. `construct(x)` returns (pred, aux, rep, rep_clf); heads not configured are None.
+
+    Attribute names (`encoder`, `decoder`, `auxor`, `proto_net`) are the PyTorch module names, so parameter names
+    equal the PyTorch state_dict keys up to BatchNorm leaf names.
+    """
+
+    def __init__(self, net_cfg, sync_bn=False):
+        super().__init__()
+        self.num_classes = int(net_cfg["num_classes"])
+        enc_cfg, dec_cfg = net_cfg["encoder"], net_cfg["decoder"]
+        arch = _short_type(enc_cfg["type"])
+        if arch not in ARCHS:
+            raise UserError(f"net.encoder.type: {enc_cfg['type']!r} is not supported, expected one of {sorted(ARCHS)}")
+        enc_kwargs = dict(enc_cfg.get("kwargs") or {})
+        _check_kwargs("encoder", enc_kwargs, ENCODER_KWARGS)
+        if not enc_kwargs.get("fpn", False):
+            raise UserError("net.encoder.kwargs.fpn: DeepLabv3+ needs the low-level features, expected fpn: True")
+        if _short_type(dec_cfg["type"]) not in DECODER_TYPES:
+            raise UserError(f"net.decoder.type: {dec_cfg['type']!r} is not supported, expected {DECODER_TYPES}")
+        dec_kwargs = dict(dec_cfg.get("kwargs") or {})
+        _check_kwargs("decoder", dec_kwargs, DECODER_KWARGS)
+
+        self.encoder = build_resnet(arch, sync_bn=sync_bn, **enc_kwargs)
+        proto_cfg = net_cfg.get("proto_head")
+        dec_kwargs.setdefault("rep_head", True)  # U2PL's default
+        dec_kwargs["rep_clf"] = bool(dec_kwargs.get("rep_clf", False) or proto_cfg)
+        self.decoder = DeepLabV3PlusDecoder(self.encoder.get_outplanes(), self.num_classes,
+                                            low_planes=self.encoder.layer1_planes, sync_bn=sync_bn, **dec_kwargs)
+        aux_cfg = net_cfg.get("aux_loss")
+        self.use_aux = bool(aux_cfg)
+        if self.use_aux:
+            self.auxor = AuxHead(int(aux_cfg["aux_plane"]), self.num_classes, sync_bn)
+        self.use_proto = bool(proto_cfg)
+        if self.use_proto:
+            self.proto_net = CosineProtoHead(
+                int(proto_cfg.get("in_planes", 512)), self.num_classes, int(proto_cfg["num_micro_proto"]),
+                temperature=float(proto_cfg.get("temperature", 0.1)),
+                momentum=float(proto_cfg.get("proto_unpdate_momentum", 0.99)))
+
+    def construct(self, x):
+        x1, _, x3, x4 = self.encoder(x)
+        pred, rep, rep_clf = self.decoder(x1, x4)
+        aux = self.auxor(x3) if self.use_aux else None
+        return pred, aux, rep, rep_clf
+
+
+def inference_heads(model, size, outputs):
+    """Eval-mode heads at input resolution from `model(x)` outputs: (pred logits, proto logits or None).
+
+    As upstream: `pred` is upsampled from stride 4 with align_corners=True; the prototype head scores `rep_clf`
+    after upsampling it to the input size (patch_select models), so it needs no further resize.
+    """
+    pred, _, _, rep_clf = outputs
+    pred = resize_bilinear(pred, size)
+    if not model.use_proto:
+        return pred, None
+    proto, _ = model.proto_net.dense(resize_bilinear(rep_clf, size))
+    return pred, proto
+
+
+class SegmentationInference(nn.Cell):
+    """x (B, 3, H, W) -> (pred, proto or None), both (B, C, H, W) logits; see `inference_heads`."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def construct(self, x):
+        return inference_heads(self.model, x.shape[2:], self.model(x))
+
+
+def create_model(net_cfg, sync_bn=False):
+    """mindcv-style factory: the segmentor described by an upstream `net:` config section."""
+    return ModelBuilder(net_cfg, sync_bn=sync_bn)

@@ -1,0 +1,64 @@
+"""Layer factories whose defaults match PyTorch (padding, bias, init, BatchNorm momentum).
+
+MindSpore differs from PyTorch in ways that silently change numbers: Conv2d defaults to pad_mode='same' and
+no bias, BatchNorm momentum is 1 - torch momentum, and default initialisers changed between versions. Every layer
+of the model is built through these helpers so the parameter names, shapes and init follow torch.
+"""
+import math
+
+from mindspore import nn, ops
+from mindspore.common.initializer import HeNormal, HeUniform, Uniform
+
+# torch BatchNorm2d(momentum=0.1) == MindSpore BatchNorm2d(momentum=0.9)
+BN_MOMENTUM = 0.9
+BN_EPS = 1e-5
+
+
+def conv2d(in_ch, out_ch, kernel_size, stride=1, padding=0, dilation=1, bias=False, init="torch"):
+    """torch.nn.Conv2d equivalent. init='torch': torch's default (kaiming_uniform a=sqrt(5), bias U(+-1/sqrt(fan_in)));
+    init='kaiming_fan_out': torchvision ResNet's kaiming_normal(mode='fan_out', relu)."""
+    fan_in = in_ch * kernel_size * kernel_size
+    if init == "torch":
+        weight_init = HeUniform(negative_slope=math.sqrt(5), mode="fan_in", nonlinearity="leaky_relu")
+    elif init == "kaiming_fan_out":
+        weight_init = HeNormal(negative_slope=0, mode="fan_out", nonlinearity="relu")
+    else:
+        raise ValueError(f"unknown conv init {init!r}")
+    return nn.Conv2d(in_ch, out_ch, kernel_size, stride=stride, pad_mode="pad", padding=padding,
+                     dilation=dilation, has_bias=bias, weight_init=weight_init,
+                     bias_init=Uniform(1.0 / math.sqrt(fan_in)) if bias else "zeros")
+
+
+def batch_norm(num_features, sync=False):
+    """BatchNorm2d with torch's eps/momentum; SyncBatchNorm when requested (GPU/Ascend data-parallel only)."""
+    if sync:
+        return nn.SyncBatchNorm(num_features, eps=BN_EPS, momentum=BN_MOMENTUM)
+    return nn.BatchNorm2d(num_features, eps=BN_EPS, momentum=BN_MOMENTUM)
+
+
+def dropout2d(p):
+    # channel-wise dropout like torch.nn.Dropout2d; `p` is the drop probability (nn.Dropout's first arg is keep_prob)
+    return nn.Dropout2d(p=p)
+
+
+def max_pool_3x3_s2():
+    # torch MaxPool2d(3, 2, padding=1, ceil_mode=True); pad_mode='same' differs for even input sizes
+    return nn.MaxPool2d(kernel_size=3, stride=2, pad_mode="pad", padding=1, ceil_mode=True)
+
+
+class GlobalAvgPool(nn.Cell):
+    """AdaptiveAvgPool2d((1, 1)) as a spatial mean (no parameters; keeps the Sequential indices of torch)."""
+
+    def construct(self, x):
+        return ops.mean(x, (2, 3), keep_dims=True)
+
+
+def resize_bilinear(x, size):
+    """F.interpolate(x, size, mode='bilinear', align_corners=True): the only resize used inside the model."""
+    return ops.interpolate(x, size=tuple(size), mode="bilinear", align_corners=True)
+
+
+def l2_normalize(x, axis):
+    """F.normalize: x / max(||x||, 1e-12). ops.L2Normalize clamps the squared norm instead (differs near zero)."""
+    norm = ops.sqrt((x * x).sum(axis=axis, keepdims=True))
+    return x / ops.maximum(norm, 1e-12)

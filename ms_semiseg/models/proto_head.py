@@ -1,0 +1,57 @@
+"""PCR's cosine prototype head: C*K micro-prototypes, class score = max cosine over the class's K prototypes / temp."""
+import numpy as np
+from mindspore import Parameter, Tensor, nn, ops
+import mindspore as ms
+
+from .layers import l2_normalize
+
+
+class CosineProtoHead(nn.Cell):
+    """`proto_list` row c*K + k is micro-prototype k of class c (the upstream pickle order).
+
+    The bank is a non-trainable Parameter: it is saved with the model, carried into the teacher by the EMA, and
+    moved only by `momentum_update` (no gradient).
+    """
+
+    def __init__(self, in_planes, num_classes, num_micro_proto, temperature=0.1, momentum=0.99):
+        super().__init__()
+        self.num_classes = num_classes
+        self.num_micro_proto = num_micro_proto
+        self.temperature = temperature
+        self.momentum = momentum
+        bank = np.random.standard_normal((num_classes * num_micro_proto, in_planes)).astype(np.float32)
+        self.proto_list = Parameter(Tensor(bank), name="proto_list", requires_grad=False)
+        self.argmax_k = ops.ArgMaxWithValue(axis=2)
+
+    def construct(self, feats):
+        """feats (N, D) -> (logits (N, C) = max_k cos / temp, matched micro-prototype index (N, C))."""
+        sim = ops.matmul(l2_normalize(feats, 1), l2_normalize(self.proto_list, 1).T)
+        sim = sim.reshape(feats.shape[0], self.num_classes, self.num_micro_proto)
+        index, value = self.argmax_k(sim)
+        return value / self.temperature, index
+
+    def dense(self, feat_map):
+        """feat_map (B, D, H, W) -> logits (B, C, H, W), index (B, C, H, W)."""
+        b, d, h, w = feat_map.shape
+        logits, index = self(feat_map.transpose(0, 2, 3, 1).reshape(b * h * w, d))
+        logits = logits.reshape(b, h, w, self.num_classes).transpose(0, 3, 1, 2)
+        return logits, index.reshape(b, h, w, self.num_classes).transpose(0, 3, 1, 2)
+
+    def update_statistics(self, feats, target, valid, match_index):
+        """Per micro-prototype feature sums and counts of the valid pixels, each assigned to the nearest
+        micro-prototype of its own class. Returned separately so data-parallel training can all-reduce them.
+
+        feats (N, D) raw features; target (N,) class ids; valid (N,) bool; match_index (N, C) from `construct`."""
+        target = ops.where(valid, target, ops.zeros_like(target)).astype(ms.int32)
+        k_star = ops.gather_elements(match_index.astype(ms.int32), 1, target.reshape(-1, 1)).reshape(-1)
+        slot = target * self.num_micro_proto + k_star
+        onehot = ops.one_hot(slot, self.proto_list.shape[0], Tensor(1.0, ms.float32), Tensor(0.0, ms.float32))
+        onehot = onehot * valid.astype(ms.float32).reshape(-1, 1)
+        return ops.matmul(onehot.T, feats), onehot.sum(axis=0)
+
+    def momentum_update(self, sums, counts):
+        """proto <- m * proto + (1 - m) * mean feature, for every micro-prototype that received pixels."""
+        mean = sums / ops.maximum(counts, 1.0).reshape(-1, 1)
+        moved = self.momentum * self.proto_list + (1.0 - self.momentum) * mean
+        new_bank = ops.where((counts > 0).reshape(-1, 1), moved, self.proto_list)
+        return ops.assign(self.proto_list, new_bank)
