@@ -134,6 +134,8 @@ def build_parser():
     p.add_argument("--mode", choices=("pynative", "graph"), default="pynative", help="MindSpore execution mode")
     p.add_argument("--atol", type=float, default=1e-4)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--fp64", action="store_true",
+                   help="also run torch in float64 and show both fp32 models' distance to it (the rounding floor)")
     p.set_defaults(func=cmd_parity)
     return parser
 

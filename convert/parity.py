@@ -38,10 +38,11 @@ def ms_model_from_torch(cfg, torch_model):
     return net
 
 
-def torch_heads(model, x, device):
+def torch_heads(model, x, device, dtype=None):
     import torch
     with torch.no_grad():
-        outs = model(torch.from_numpy(x).to(device))
+        inputs = torch.from_numpy(x).to(device)
+        outs = model(inputs if dtype is None else inputs.to(dtype))
         pred_full = torch.nn.functional.interpolate(outs["pred"], size=x.shape[2:], mode="bilinear",
                                                     align_corners=True)
     heads = {"pred": outs["pred"], "pred_full": pred_full, "aux": outs.get("aux"), "proto": outs.get("proto")}
@@ -70,6 +71,18 @@ def compare_heads(ref, ours):
     return report
 
 
+def print_fp64_floor(ref_model, x, device, ref32, ours32):
+    """Both fp32 models against the torch model run in float64: shows whether a difference is port error or the
+    float32 rounding that torch itself has."""
+    import copy
+    import torch
+    ref64 = torch_heads(copy.deepcopy(ref_model).double(), x, device, dtype=torch.float64)
+    print(f"{'head':<10} {'torch32_vs_fp64':>16} {'mindspore32_vs_fp64':>20}")
+    for name in ref32:
+        print(f"{name:<10} {np.abs(ref32[name] - ref64[name]).max():>16.3e} "
+              f"{np.abs(ours32[name] - ref64[name]).max():>20.3e}")
+
+
 def run_parity(args):
     import mindspore as ms
     import torch
@@ -84,13 +97,21 @@ def run_parity(args):
     ref_model = torch_model_from(cfg, args.pth, args.state, args.seed).to(torch_device)
     net = ms_model_from_torch(cfg, ref_model)
     x = np.random.default_rng(args.seed).standard_normal((args.batch, 3, args.height, args.width)).astype(np.float32)
-    report = compare_heads(torch_heads(ref_model, x, torch_device), ms_heads(net, x))
+    timer = time.perf_counter()
+    ref = torch_heads(ref_model, x, torch_device)
+    torch_s, timer = time.perf_counter() - timer, time.perf_counter()
+    ours = ms_heads(net, x)
+    ms_s = time.perf_counter() - timer
+    report = compare_heads(ref, ours)
     print(f"parity on {device} ({args.mode}), input {tuple(x.shape)}, weights: {args.pth or 'random'}")
-    print(f"{'head':<10} {'shape':<22} {'max_abs_diff':>13} {'argmax_agreement':>17}")
+    print(f"{'head':<10} {'shape':<22} {'max_abs_diff':>13} {'rel_to_max':>11} {'argmax_agreement':>17}")
     for name, (diff, agree, shape) in report.items():
-        print(f"{name:<10} {str(shape):<22} {diff:>13.3e} {agree:>17.6f}")
+        rel = diff / max(float(np.abs(ref[name]).max()), 1e-12)
+        print(f"{name:<10} {str(shape):<22} {diff:>13.3e} {rel:>11.2e} {agree:>17.6f}")
+    if args.fp64:
+        print_fp64_floor(ref_model, x, torch_device, ref, ours)
     worst = max(d for d, _, _ in report.values())
     agreement = min(a for _, a, _ in report.values())
-    print(f"({time.perf_counter() - start:.1f} s)")
+    print(f"torch forward {torch_s:.1f} s, MindSpore forward {ms_s:.1f} s, total {time.perf_counter() - start:.1f} s")
     print(f"parity: max_abs_diff={worst:.3e} argmax_agreement={agreement:.6f}")
     return 0 if worst <= args.atol and agreement == 1.0 else 1

@@ -7,7 +7,13 @@ import yaml
 from .errors import UserError
 
 # Keys users may set with --opts even when their config omits them (our additions to the upstream schema).
-OPTIONAL_KEYS = {}
+OPTIONAL_KEYS = {
+    "dataset.train.unlabeled_list",  # default: data_list with labeled.txt -> unlabeled.txt (U2PL)
+    "trainer.unsupervised.loss_type",  # entropy_drop (U2PL, default) or confidence (conf >= confid_thresh)
+    "trainer.unsupervised.loss_weight",  # lambda_u, default 1 (U2PL)
+    "trainer.log_interval",  # steps between loss fetches / log.csv writes, default 10
+    "trainer.save_interval",  # iterations between mid-epoch checkpoints, default 0 (epoch ends only)
+}
 
 # Expected types of keys that must be present when a section is used (checked with `require`).
 NET_SCHEMA = {

@@ -25,6 +25,10 @@ class CosineProtoHead(nn.Cell):
 
     def construct(self, feats):
         """feats (N, D) -> (logits (N, C) = max_k cos / temp, matched micro-prototype index (N, C))."""
+        return self.scores(feats)
+
+    def scores(self, feats):
+        # a plain method, not `self(...)`, so `dense` also compiles when called from another Cell's graph
         sim = ops.matmul(l2_normalize(feats, 1), l2_normalize(self.proto_list, 1).T)
         sim = sim.reshape(feats.shape[0], self.num_classes, self.num_micro_proto)
         index, value = self.argmax_k(sim)
@@ -33,7 +37,7 @@ class CosineProtoHead(nn.Cell):
     def dense(self, feat_map):
         """feat_map (B, D, H, W) -> logits (B, C, H, W), index (B, C, H, W)."""
         b, d, h, w = feat_map.shape
-        logits, index = self(feat_map.transpose(0, 2, 3, 1).reshape(b * h * w, d))
+        logits, index = self.scores(feat_map.transpose(0, 2, 3, 1).reshape(b * h * w, d))
         logits = logits.reshape(b, h, w, self.num_classes).transpose(0, 3, 1, 2)
         return logits, index.reshape(b, h, w, self.num_classes).transpose(0, 3, 1, 2)
 

@@ -1,0 +1,268 @@
+"""`python -m ms_semiseg eval`: a checkpoint's mIoU on a validation split with the upstream protocol (spec B.8).
+
+Protocols (`--protocol`, default by dataset): `whole` (VOC: each image at its original size), `sliding`
+(Cityscapes: long side resized to --base-size 2048, windows of the val crop 769 every ceil(769*2/3) pixels,
+logits summed) and `center-crop` (the training-time proxy). `--scales` and `--flip` sum the logits of more
+passes. Both heads are scored: the linear classifier and, when the model has one, the prototype head.
+
+Output: a progress bar (stderr); per-class IoU tables of both heads; `metrics.json` (atomic write; IoUs in
+percent); with `--save-dir`, `gray/<id>.png` (class indices) and `color/<id>.png` (palette) of the linear head;
+and, as the last line, `mIoU: <linear> (proto: <proto>)` in percent (`n/a` without a prototype head).
+"""
+import json
+import os
+import sys
+import time
+
+from ms_semiseg.errors import UserError
+from ms_semiseg.eval.predictor import STRATEGIES
+
+PROTOCOLS = ("whole", "sliding", "center-crop")
+DEFAULT_PROTOCOL = {"pascal": "whole", "cityscapes": "sliding"}
+SLIDING_STRIDE_RATE = 2 / 3
+DEFAULT_BASE_SIZE = 2048
+DEFAULT_CROP = {"pascal": 513, "cityscapes": 769}  # when the config has no dataset.val.crop
+HEADS = (("pred", "linear"), ("proto", "proto"))  # (model output, name in tables, metrics.json and the last line)
+
+
+# ------------------------------------------------------------------------------------------------ arguments
+
+def add_model_arguments(parser):
+    """Arguments every model-running command shares (eval, infer)."""
+    parser.add_argument("--config", required=True, help="experiment config.yaml (upstream U2PL/PCR schema)")
+    parser.add_argument("--ckpt", required=True, help="MindSpore .ckpt (ours, converted, or `module.`-prefixed)")
+    parser.add_argument("--device", default=None, help="CPU or GPU (default: GPU when MindSpore can use one)")
+    parser.add_argument("--opts", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="config overrides, e.g. dataset.val.data_list=/path/val.txt")
+    parser.add_argument("--strategy", choices=STRATEGIES, default="static",
+                        help="how MindSpore runs the network; same results, different speed (default: static)")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads for MindSpore kernels")
+
+
+def add_protocol_arguments(parser, protocols=PROTOCOLS):
+    parser.add_argument("--protocol", choices=protocols, default=None,
+                        help="default: whole for VOC, sliding for Cityscapes (the upstream protocols)")
+    parser.add_argument("--scales", nargs="+", type=float, default=[1.0], help="test scales (default: 1.0)")
+    parser.add_argument("--flip", action="store_true", help="add the logits of the mirrored image")
+    parser.add_argument("--crop-size", nargs="+", type=int, default=None, metavar="SIZE",
+                        help="window (sliding) or crop (center-crop) size, one or two ints "
+                             "(default: the config's dataset.val.crop.size)")
+    parser.add_argument("--base-size", type=int, default=DEFAULT_BASE_SIZE,
+                        help="sliding protocol: long side after resizing (default: 2048)")
+
+
+def add_arguments(parser):
+    add_model_arguments(parser)
+    add_protocol_arguments(parser)
+    parser.add_argument("--data-root", default=None, help="dataset folder (default: the config's dataset.val)")
+    parser.add_argument("--save-dir", default=None, help="write gray and color PNGs (and metrics.json) here")
+    parser.add_argument("--metrics", default=None,
+                        help="metrics.json path (default: <save-dir>/metrics.json, else ./metrics.json)")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
+# ------------------------------------------------------------------------------------------------ protocol
+
+class Protocol:
+    """One of the upstream protocols with its settings: `logits(predict, image, label)` -> ({head: (C,H,W)}, label)."""
+
+    def __init__(self, name, scales=(1.0,), flip=False, crop_size=(513, 513), base_size=DEFAULT_BASE_SIZE):
+        self.name, self.scales, self.flip = name, tuple(scales), bool(flip)
+        self.crop_size, self.base_size = tuple(crop_size), int(base_size)
+
+    @property
+    def shapes_per_image(self):
+        """Distinct network input shapes one image needs (sliding windows and crops all have the crop size)."""
+        return len(set(self.scales)) if self.name == "whole" else 1
+
+    def logits(self, predict, image, label=None):
+        from ms_semiseg.eval import protocols
+        if self.name == "whole":
+            return protocols.whole_image(predict, image, self.scales, self.flip), label
+        if self.name == "sliding":
+            return protocols.sliding_window(predict, image, self.crop_size, SLIDING_STRIDE_RATE, self.base_size,
+                                            self.scales, self.flip), label
+        return protocols.center_crop(predict, image, label, self.crop_size)
+
+    def describe(self):
+        settings = {"protocol": self.name, "scales": list(self.scales), "flip": self.flip}
+        if self.name != "whole":
+            settings["crop_size"] = list(self.crop_size)
+        if self.name == "sliding":
+            settings.update(base_size=self.base_size, stride_rate=SLIDING_STRIDE_RATE)
+        return settings
+
+
+def _crop_size_from(args, transform, kind):
+    if args.crop_size is None:
+        return transform.crop_size or (DEFAULT_CROP[kind],) * 2
+    if len(args.crop_size) not in (1, 2) or min(args.crop_size) < 1:
+        raise UserError(f"--crop-size {' '.join(map(str, args.crop_size))}: expected one or two positive ints")
+    return tuple(args.crop_size) * (3 - len(args.crop_size))
+
+
+def protocol_from_args(args, transform, kind):
+    """The Protocol the command line asks for, with the dataset's upstream default."""
+    name = args.protocol or DEFAULT_PROTOCOL[kind]
+    bad_scales = [s for s in args.scales if not s > 0]
+    if bad_scales:
+        raise UserError(f"--scales {bad_scales[0]}: expected positive scale factors, e.g. --scales 0.75 1.0 1.25")
+    if name == "center-crop" and (list(args.scales) != [1.0] or args.flip):
+        raise UserError("--protocol center-crop: takes one crop at scale 1.0, expected no --scales/--flip")
+    if args.base_size < 1:
+        raise UserError(f"--base-size {args.base_size}: expected a positive long-side length")
+    return Protocol(name, args.scales, args.flip, _crop_size_from(args, transform, kind), args.base_size)
+
+
+# ------------------------------------------------------------------------------------------------ evaluation
+
+def _image_size(path):
+    """(h, w) from the file header (no decoding); (0, 0) when unreadable: the reader reports that later."""
+    from PIL import Image
+    try:
+        with Image.open(path) as image:
+            return image.size[1], image.size[0]
+    except Exception:  # any decoding problem is reported by the dataset reader with the file name
+        return 0, 0
+
+
+def order_by_size(dataset):
+    """Sample indices grouped by image size (listing order within a size): each size is compiled once."""
+    sizes = [_image_size(dataset.sample_paths(index)[1]) for index in range(len(dataset))]
+    return sorted(range(len(dataset)), key=lambda index: sizes[index])
+
+
+def _progress(iterable, total, enabled):
+    from tqdm import tqdm
+    return tqdm(iterable, total=total, desc="eval", unit="img", file=sys.stderr, disable=not enabled,
+                dynamic_ncols=True)
+
+
+def evaluate_dataset(dataset, predict, protocol, mean, std, on_prediction=None, progress=True):
+    """{head: IoUAccumulator} over the dataset; `on_prediction(sample_id, {head: class map})` sees every image."""
+    from ms_semiseg.data import normalize
+    from ms_semiseg.eval import IoUAccumulator, to_class_map
+    accumulators = {}
+    for index in _progress(order_by_size(dataset), len(dataset), progress):
+        image, label, sample_id = dataset[index]
+        logits, label = protocol.logits(predict, normalize(image, mean, std), label)
+        predictions = {head: to_class_map(value) for head, value in logits.items()}
+        for head, prediction in predictions.items():
+            accumulators.setdefault(head, IoUAccumulator(dataset.num_classes, dataset.ignore_label))
+            accumulators[head].update(prediction, label)
+        if on_prediction is not None:
+            on_prediction(sample_id, predictions)
+    return accumulators
+
+
+def png_writer(save_dir, palette):
+    """on_prediction callback writing <save_dir>/gray/<id>.png and <save_dir>/color/<id>.png (linear head)."""
+    from ms_semiseg.data import colorize, save_png_atomic
+
+    def write(sample_id, predictions):
+        save_png_atomic(os.path.join(save_dir, "gray", f"{sample_id}.png"), predictions["pred"])
+        save_png_atomic(os.path.join(save_dir, "color", f"{sample_id}.png"), colorize(predictions["pred"], palette))
+    return write
+
+
+# ------------------------------------------------------------------------------------------------ reporting
+
+def class_names_for(kind, num_classes):
+    from ms_semiseg.data import class_names
+    names = class_names(kind)
+    return list(names) if len(names) == num_classes else [f"class {i}" for i in range(num_classes)]
+
+
+def head_results(accumulators, names):
+    """{head name: {'miou', 'iou': {class: IoU}}} in percent; None for a head the model does not have."""
+    results = {}
+    for key, head in HEADS:
+        accumulator = accumulators.get(key)
+        results[head] = None if accumulator is None else {
+            "miou": 100.0 * accumulator.miou(),
+            "iou": {name: 100.0 * float(value) for name, value in zip(names, accumulator.iou())}}
+    return results
+
+
+def final_line(results):
+    """`mIoU: <linear> (proto: <proto>)`, percent with two decimals, `n/a` for a missing head."""
+    def percent(head):
+        return "n/a" if results.get(head) is None else f"{results[head]['miou']:.2f}"
+    return f"mIoU: {percent('linear')} (proto: {percent('proto')})"
+
+
+def print_tables(accumulators, names):
+    for key, head in HEADS:
+        if key in accumulators:
+            print(f"\n{head} head")
+            print(accumulators[key].format_table(names))
+
+
+def write_metrics(path, payload):
+    from ms_semiseg.utils.atomic import write_text_atomic
+    write_text_atomic(path, json.dumps(payload, indent=2) + "\n")
+
+
+# ------------------------------------------------------------------------------------------------ command
+
+def resolved_dataset_config(cfg, data_root=None):
+    """The config's dataset section with val paths made absolute (relative to the config's folder)."""
+    import copy
+    from ms_semiseg.config import resolve_path
+    dataset_cfg = copy.deepcopy(cfg.get("dataset") or {})
+    val = dataset_cfg.setdefault("val", {})
+    for key in ("data_root", "data_list"):
+        val[key] = resolve_path(cfg, val.get(key))
+    if data_root:
+        val["data_root"] = os.path.abspath(os.path.expanduser(data_root))
+    return dataset_cfg
+
+
+def metrics_path(args):
+    if args.metrics:
+        return os.path.abspath(args.metrics)
+    return os.path.abspath(os.path.join(args.save_dir or ".", "metrics.json"))
+
+
+def run(args):
+    from ms_semiseg.config import load_config, net_config
+    from ms_semiseg.data import build_dataset, build_transform, dataset_kind, palette_for
+    from ms_semiseg.eval.predictor import Predictor, load_model, prepare_device
+    from ms_semiseg.utils.atomic import ensure_writable_dir
+
+    cfg = load_config(args.config, args.opts)
+    num_classes = int(net_config(cfg)["num_classes"])
+    dataset_cfg = resolved_dataset_config(cfg, args.data_root)
+    kind = dataset_kind(dataset_cfg)
+    transform = build_transform(dataset_cfg, "val")
+    protocol = protocol_from_args(args, transform, kind)
+    dataset = build_dataset(dataset_cfg, "val", num_classes=num_classes)
+    output = metrics_path(args)
+    ensure_writable_dir(os.path.dirname(output), "metrics folder")
+    if args.save_dir:
+        ensure_writable_dir(args.save_dir, "--save-dir folder")
+
+    device = prepare_device(args.device, args.threads)
+    start = time.perf_counter()
+    model = load_model(cfg, args.ckpt)
+    predictor = Predictor(model, args.strategy, max_cached_shapes=protocol.shapes_per_image)
+    on_prediction = png_writer(args.save_dir, palette_for(kind)) if args.save_dir else None
+    accumulators = evaluate_dataset(dataset, predictor, protocol, transform.mean, transform.std, on_prediction,
+                                    progress=not args.no_progress)
+    elapsed = time.perf_counter() - start
+
+    names = class_names_for(kind, num_classes)
+    results = head_results(accumulators, names)
+    print_tables(accumulators, names)
+    payload = {"config": os.path.abspath(args.config), "checkpoint": os.path.abspath(args.ckpt),
+               "dataset": kind, "data_root": dataset.data_root, "data_list": dataset.list_path,
+               "num_images": len(dataset), "num_classes": num_classes, **protocol.describe(),
+               "device": device, "strategy": args.strategy, "compiles": predictor.compile_count,
+               "elapsed_s": round(elapsed, 3), "images_per_s": round(len(dataset) / elapsed, 4),
+               "unit": "percent", "miou": results["linear"]["miou"],
+               "miou_proto": None if results["proto"] is None else results["proto"]["miou"], "heads": results}
+    write_metrics(output, payload)
+    print(f"\n{len(dataset)} images in {elapsed:.1f} s ({len(dataset) / elapsed:.3f} images/s, {device}, "
+          f"{args.strategy}); metrics -> {output}")
+    print(final_line(results))
+    return 0

@@ -1,0 +1,93 @@
+"""SGD exactly as U2PL's PyTorch setup (spec B.2): two parameter groups, weight decay on every parameter, poly LR.
+
+MindSpore differences handled here:
+- ungrouped optimizers skip weight decay on parameters named gamma/beta (BatchNorm); torch decays them too, so
+  every group sets `weight_decay` explicitly;
+- a changing learning rate must live in the graph: each group gets the whole run's per-iteration LR list, indexed
+  by the optimizer's `global_step` (restored on resume, so a resumed run continues the schedule).
+"""
+from mindspore import nn
+
+from ..config import get
+from ..errors import UserError
+
+ENCODER_PREFIX = "encoder."
+DECODER_LR_TIMES_PASCAL = 10  # U2PL: `times = 10 if "pascal" in cfg["dataset"]["type"] else 1`
+
+
+def poly_lr_at(base_lr, step, total_steps, power=0.9):
+    """lr of iteration `step` = base * (1 - step / total)^power (set before the update, as U2PL)."""
+    return base_lr * (1.0 - step / total_steps) ** power
+
+
+def poly_lr(base_lr, total_steps, power=0.9):
+    """The per-iteration list for iterations 0..total-1."""
+    return [poly_lr_at(base_lr, step, total_steps, power) for step in range(total_steps)]
+
+
+def decoder_lr_times(cfg):
+    return DECODER_LR_TIMES_PASCAL if "pascal" in str(get(cfg, "dataset.type", "")) else 1
+
+
+def optimizer_settings(cfg):
+    """(lr, momentum, weight_decay, poly power) from `trainer.optimizer` / `trainer.lr_scheduler`."""
+    opt_type = get(cfg, "trainer.optimizer.type", "SGD")
+    if opt_type != "SGD":
+        raise UserError(f"trainer.optimizer.type: {opt_type!r} is not supported, expected 'SGD'")
+    kwargs = get(cfg, "trainer.optimizer.kwargs") or {}
+    unknown = sorted(set(kwargs) - {"lr", "momentum", "weight_decay"})
+    if unknown:
+        raise UserError(f"trainer.optimizer.kwargs: unknown key(s) {unknown}, expected lr, momentum, weight_decay")
+    if "lr" not in kwargs:
+        raise UserError("trainer.optimizer.kwargs.lr: missing, expected the base learning rate, e.g. 0.001")
+    mode = get(cfg, "trainer.lr_scheduler.mode", "poly")
+    if mode != "poly":
+        raise UserError(f"trainer.lr_scheduler.mode: {mode!r} is not supported, expected 'poly'")
+    power = (get(cfg, "trainer.lr_scheduler.kwargs") or {}).get("power", 0.9)
+    values = {"lr": kwargs["lr"], "momentum": kwargs.get("momentum", 0.9),
+              "weight_decay": kwargs.get("weight_decay", 0.0), "power": power}
+    for key, value in values.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+            raise UserError(f"trainer.optimizer.kwargs.{key}: {value!r} is not valid, expected a number >= 0")
+    return float(values["lr"]), float(values["momentum"]), float(values["weight_decay"]), float(values["power"])
+
+
+def split_encoder_decoder(params, model_prefix=""):
+    """Trainable parameters -> (encoder ones, the rest: decoder, aux head). `model_prefix` is e.g. 'student.'."""
+    encoder, rest = [], []
+    for param in params:
+        (encoder if param.name.startswith(model_prefix + ENCODER_PREFIX) else rest).append(param)
+    return encoder, rest
+
+
+def build_sgd(params, base_lr, total_steps, momentum=0.9, weight_decay=0.0, power=0.9, decoder_times=1,
+              model_prefix=""):
+    """nn.SGD over the trainable `params`: encoder at base_lr, the rest at base_lr * decoder_times, both with
+    `weight_decay` and the poly schedule of `total_steps` iterations. Non-trainable parameters (BN statistics,
+    the prototype bank, dropout masks) are left out."""
+    trainable = [p for p in params if p.requires_grad]
+    encoder, rest = split_encoder_decoder(trainable, model_prefix)
+    groups = []
+    for group_params, times in ((encoder, 1), (rest, decoder_times)):
+        if group_params:
+            groups.append({"params": group_params, "weight_decay": weight_decay,
+                           "lr": poly_lr(base_lr * times, total_steps, power)})
+    return nn.SGD(groups, learning_rate=base_lr, momentum=momentum, weight_decay=weight_decay)
+
+
+def build_optimizer(cfg, params, total_steps, model_prefix=""):
+    lr, momentum, weight_decay, power = optimizer_settings(cfg)
+    return build_sgd(params, lr, total_steps, momentum, weight_decay, power, decoder_lr_times(cfg), model_prefix)
+
+
+def optimizer_state(optimizer):
+    """The optimizer's state tensors by name: momentum buffers and the global step (which indexes the LR lists)."""
+    state = {"global_step": optimizer.global_step}
+    state.update({param.name: param for param in optimizer.accum})
+    return state
+
+
+def optimizer_flags(optimizer):
+    """nn.SGD's first-step flags (`stat.*`, 1 until a parameter's first update, then 0): one value per tensor,
+    so a checkpoint stores a scalar for each instead of a parameter-sized copy."""
+    return {param.name: param for param in optimizer.stat}

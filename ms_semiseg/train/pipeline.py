@@ -1,0 +1,249 @@
+"""Training batches on `mindspore.dataset`: labeled + unlabeled streams in lockstep with U2PL's weak augmentation.
+
+Epoch composition (spec B.3, U2PL `voc_dset` / `build_voc_semi_loader`):
+- semi: both streams have N_u = len(unlabeled list) rows per epoch (U2PL writes 10582 - n_sup / 2975 - n_sup,
+  the same number for the shipped splits). Each list is turned into N_u entries once per run exactly as U2PL does:
+  `random.seed(seed)`, repeat the list ceil(N_u / n) times when it is shorter, then `random.sample(list, N_u)`.
+- supervised-only (`semi=False`): the plain labeled list, n_l rows per epoch (U2PL's train_sup builds its loader
+  with the dataset's split="val" branch, i.e. no repeat). U2PL keeps the last partial batch there; we drop it,
+  because the compiled step needs fixed shapes.
+- Every epoch shuffles the entries with a permutation seeded by (seed, epoch, stream) - the role of
+  DistributedSampler.set_epoch - and keeps the first iterations * B * world_size positions (drop_last).
+  Global batch i is positions [i*B*W, (i+1)*B*W); rank r takes the positions p = r (mod W) of it, which is what
+  `GeneratorDataset(num_shards=W, shard_id=r)` does with an unshuffled source. So the global batches do not
+  depend on the world size: one device at batch 16 sees what 8 devices at batch 2 see together. (torch's
+  DistributedSampler pads instead of truncating: 656 iterations for VOC-92 at 8x2 where we run 10490 // 16 = 655.)
+- The augmentation of position p draws from numpy Generator(seed, epoch, stream, p), so a batch is the same
+  whatever the worker count or scheduling, and a resumed epoch (`start_iteration`) replays the same batches.
+"""
+
+import math
+import os
+import random
+
+import mindspore.dataset as ds
+import numpy as np
+
+from ms_semiseg.config import get, resolve_path
+from ms_semiseg.data.datasets import build_dataset, derive_unlabeled_list, read_split_list
+from ms_semiseg.data.transforms import build_transform
+from ms_semiseg.errors import UserError
+
+LABELED_STREAM, UNLABELED_STREAM = 0, 1
+_PERMUTATION, _AUGMENTATION = 0, 1
+DEFAULT_WORKERS = 2  # U2PL's `dataset.workers` default
+# Threads, not processes: on the 2-core CPU box (375x500 JPEG pairs, crop 321, batch 2, 2 workers) threads gave
+# 36-39 pairs/s and processes 28-34 (they pickle the source, start a pool per epoch and copy rows through shared
+# memory); cv2 decode/resize and large numpy ops release the GIL, so threads still run in parallel.
+PYTHON_MULTIPROCESSING = False
+DEFAULT_GRANULARITY = 32
+
+
+def _rng(seed, epoch, stream, purpose, position=0):
+    """A Generator per (seed, epoch, stream, purpose, position); the fixed key length keeps keys distinct."""
+    return np.random.default_rng([seed, epoch, stream, purpose, position])
+
+
+# ----------------------------------------------------------------------------------------------------- config
+
+
+def _required_path(cfg, key):
+    value = get(cfg, key)
+    if not value:
+        raise UserError(f"{key}: missing, expected a path")
+    return resolve_path(cfg, value)
+
+
+def labeled_list_path(cfg):
+    return _required_path(cfg, "dataset.train.data_list")
+
+
+def unlabeled_list_path(cfg):
+    """`dataset.train.unlabeled_list`, else U2PL's convention: labeled.txt -> unlabeled.txt beside it."""
+    if get(cfg, "dataset.train.unlabeled_list"):
+        return _required_path(cfg, "dataset.train.unlabeled_list")
+    labeled = labeled_list_path(cfg)
+    unlabeled = derive_unlabeled_list(labeled)
+    if unlabeled == labeled:
+        raise UserError(f"dataset.train.data_list: {labeled} has no 'labeled.txt' in its name to derive the "
+                        "unlabeled list from, expected .../labeled.txt or dataset.train.unlabeled_list to be set")
+    return unlabeled
+
+
+def train_data_root(cfg, override=None):
+    """dataset.train.data_root (relative to the config's folder), or `override` (a command-line path: cwd)."""
+    if override:
+        return os.path.abspath(os.path.expanduser(override))
+    return _required_path(cfg, "dataset.train.data_root")
+
+
+def patch_select_granularity(cfg):
+    """G of the proto head's G x G patch mask (spec C.2), or None when the config uses no patch mask."""
+    proto_cfg = get(cfg, "net.proto_head")
+    if not proto_cfg or not proto_cfg.get("patch_select", False):
+        return None
+    return int(proto_cfg.get("select_granularity", DEFAULT_GRANULARITY))
+
+
+def check_train_crop(cfg):
+    """(h, w) of the training crop; batches need one size, and the patch mask a square of at least G pixels."""
+    transform = build_transform(get(cfg, "dataset") or {}, "train")
+    if not transform.crop_size:
+        raise UserError("dataset.train.crop: missing, expected {type: rand, size: [h, w]} (training batches need "
+                        "one image size)")
+    height, width = transform.crop_size
+    granularity = patch_select_granularity(cfg)
+    if granularity and height != width:
+        raise UserError(f"dataset.train.crop.size: [{height}, {width}] is not square, expected h == w because "
+                        "net.proto_head.patch_select samples one pixel per cell of a square "
+                        f"{granularity}x{granularity} patch grid")
+    if granularity and height < granularity:
+        raise UserError(f"dataset.train.crop.size: {height} is smaller than net.proto_head.select_granularity "
+                        f"{granularity}, expected a crop of at least {granularity} pixels")
+    return height, width
+
+
+def _positive_int(value, key):
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise UserError(f"{key}: {value!r} is not valid, expected a positive int")
+    return value
+
+
+# ------------------------------------------------------------------------------------------------ composition
+
+
+def u2pl_entries(indices, length, seed):
+    """U2PL's per-run list of `length` entries: `random.seed(seed)`, repeat the list ceil(length / n) times if it
+    is shorter than `length`, then `random.sample(list, length)` (each item appears at most ceil(length / n) times;
+    a longer list is subsampled)."""
+    indices = list(indices)
+    if len(indices) < length:
+        indices = indices * math.ceil(length / len(indices))
+    return random.Random(seed).sample(indices, length)
+
+
+def epoch_length(cfg, semi=True):
+    """Rows per epoch before batching: N_u (semi) or n_l (supervised-only)."""
+    path = unlabeled_list_path(cfg) if semi else labeled_list_path(cfg)
+    return len(read_split_list(path))
+
+
+def iterations_per_epoch(cfg, batch_size, world_size=1, semi=True):
+    """N // (batch_size * world_size), N as in `epoch_length`; reads only the split lists."""
+    global_batch = _positive_int(batch_size, "dataset.batch_size") * _positive_int(world_size, "world_size")
+    rows = epoch_length(cfg, semi)
+    iterations = rows // global_batch
+    if iterations == 0:
+        kind = "unlabeled" if semi else "labeled"
+        raise UserError(f"dataset.batch_size: {batch_size} x {world_size} device(s) exceeds the {rows} {kind} "
+                        f"images of an epoch, expected a global batch of at most {rows}")
+    return iterations
+
+
+class _EpochSource:
+    """Random-access source of one epoch: row i is global position start + i (see the module notes)."""
+
+    def __init__(self, labeled, unlabeled, transform, seed, epoch, orders, start, stop):
+        self.labeled, self.unlabeled, self.transform = labeled, unlabeled, transform
+        self.seed, self.epoch, self.orders = seed, epoch, orders
+        self.start, self.stop = start, stop
+
+    def __len__(self):
+        return self.stop - self.start
+
+    def _augmented(self, stream, position):
+        dataset = self.labeled if stream == LABELED_STREAM else self.unlabeled
+        image, label, _ = dataset[int(self.orders[stream][position])]
+        rng = _rng(self.seed, self.epoch, stream, _AUGMENTATION, position)
+        return self.transform(image, label, rng)
+
+    def __getitem__(self, index):
+        position = self.start + index
+        image_l, label_l = self._augmented(LABELED_STREAM, position)
+        row = (image_l, label_l.astype(np.int32))
+        if self.unlabeled is not None:
+            row += (self._augmented(UNLABELED_STREAM, position)[0],)
+        return row
+
+
+def _per_run_entries(labeled, unlabeled, seed):
+    """{stream: dataset indices of the run's list}: U2PL's seeded repeat/sample to N_u entries per stream when
+    semi-supervised (unlabeled given), the plain labeled list otherwise."""
+    if unlabeled is None:
+        return {LABELED_STREAM: list(range(len(labeled)))}
+    rows = len(unlabeled)
+    return {LABELED_STREAM: u2pl_entries(range(len(labeled)), rows, seed),
+            UNLABELED_STREAM: u2pl_entries(range(rows), rows, seed)}
+
+
+def _epoch_orders(per_run_entries, seed, epoch):
+    """{stream: dataset index at each epoch position}: the per-run entries shuffled by (seed, epoch, stream)."""
+    orders = {}
+    for stream, entries in per_run_entries.items():
+        permutation = _rng(seed, epoch, stream, _PERMUTATION).permutation(len(entries))
+        orders[stream] = np.asarray(entries, dtype=np.int64)[permutation]
+    return orders
+
+
+class TrainPipeline:
+    """One epoch of batches for one rank: `len()` iterations of
+    {"image_l": float32 [B,3,H,W], "label_l": int32 [B,H,W] (255 = ignore), "image_u": float32 [B,3,H,W]}
+    ("image_u" only when semi)."""
+
+    def __init__(self, dataset, columns, iterations, batch_size):
+        self.dataset, self.columns = dataset, columns
+        self.iterations, self.batch_size = iterations, batch_size
+
+    def __len__(self):
+        return self.iterations
+
+    def __iter__(self):
+        for batch in self.dataset.create_dict_iterator(output_numpy=True, num_epochs=1):
+            yield {name: batch[name] for name in self.columns}
+
+
+def train_readers(cfg, semi, data_root=None):
+    """(labeled reader, unlabeled reader or None) of dataset.train (data_root overrides its data_root)."""
+    dataset_cfg = get(cfg, "dataset") or {}
+    root = train_data_root(cfg, data_root)
+    num_classes = get(cfg, "net.num_classes")
+    labeled = build_dataset(dataset_cfg, "train", root, labeled_list_path(cfg), num_classes)
+    unlabeled = None
+    if semi:
+        unlabeled = build_dataset(dataset_cfg, "train", root, unlabeled_list_path(cfg), num_classes,
+                                  with_labels=False)
+    return labeled, unlabeled
+
+
+def _worker_count(cfg, num_workers):
+    if num_workers is None:
+        return _positive_int(get(cfg, "dataset.workers", DEFAULT_WORKERS), "dataset.workers")
+    return _positive_int(num_workers, "num_workers")
+
+
+def build_train_pipeline(cfg, seed, epoch, batch_size, rank=0, world_size=1, num_workers=None, semi=True,
+                         start_iteration=0, data_root=None):
+    """Batches of epoch `epoch` for `rank` of `world_size` (module notes); deterministic in (seed, epoch).
+
+    start_iteration: skip that many iterations (resume inside an epoch); `len()` counts the remaining ones.
+    num_workers: parallel loader workers, default `dataset.workers`. data_root overrides dataset.train.data_root.
+    """
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} is outside 0..{world_size - 1}")
+    check_train_crop(cfg)
+    iterations = iterations_per_epoch(cfg, batch_size, world_size, semi)
+    if not 0 <= start_iteration <= iterations:
+        raise ValueError(f"start_iteration {start_iteration} is outside 0..{iterations}")
+    labeled, unlabeled = train_readers(cfg, semi, data_root)
+    global_batch = batch_size * world_size
+    orders = _epoch_orders(_per_run_entries(labeled, unlabeled, seed), seed, epoch)
+    source = _EpochSource(labeled, unlabeled, build_transform(cfg["dataset"], "train"), seed, epoch, orders,
+                          start_iteration * global_batch, iterations * global_batch)
+    columns = ["image_l", "label_l"] + (["image_u"] if semi else [])
+    workers = _worker_count(cfg, num_workers)
+    dataset = ds.GeneratorDataset(
+        source, column_names=columns, shuffle=False, num_parallel_workers=workers,
+        python_multiprocessing=PYTHON_MULTIPROCESSING and workers > 1,
+        num_shards=world_size if world_size > 1 else None, shard_id=rank if world_size > 1 else None)
+    dataset = dataset.batch(batch_size, drop_remainder=True)
+    return TrainPipeline(dataset, columns, iterations - start_iteration, batch_size)

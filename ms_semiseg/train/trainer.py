@@ -1,0 +1,655 @@
+"""`python -m ms_semiseg train`: supervised warm-up, then U2PL's mean teacher with CutMix and PCR's prototype head.
+
+The method follows the config: no `trainer.unsupervised` section (or `sup_only_epoch >= epochs`) trains the
+supervised-only baseline; no `net.proto_head` drops the prototype loss (U2PL). Per epoch: the iterations
+(`steps.py` graphs), validation (center-crop protocol; the teacher once it exists), `best.ckpt` on improvement
+and `last.ckpt`. At the first semi-supervised epoch the prototypes are initialised (k-means on the student, or
+`net.proto_head.init_proto_path` when that file exists) and the teacher takes the student's weights.
+
+Files, in the work dir (default: `saver.main_dir` relative to the repo root): `<saver.snapshot_dir>/last.ckpt`,
+`best.ckpt`, `log.csv` (every step), `curves.png`, `config.yaml` (as run, --opts applied), `prototypes_init.pickle`.
+"""
+import csv
+import io
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import yaml
+
+from ..config import get, load_config, net_config, resolve_path
+from ..errors import UserError
+from ..utils.atomic import cleanup_stale_temps, ensure_writable_dir, write_bytes_atomic, write_text_atomic
+from .steps import CONFIDENCE, ENTROPY_DROP, LossSettings
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+DEFAULT_SEED = 2  # U2PL's train.sh
+DEFAULT_LOG_INTERVAL = 10
+LOG_COLUMNS = ("epoch", "iteration", "step", "phase", "loss", "sup", "unsup", "proto", "lr", "lr_decoder",
+               "images_per_s", "graphs", "time_s")
+
+
+class TrainingDiverged(UserError):
+    """A NaN/inf loss: the run stops, the last checkpoint (written before the bad step) is kept."""
+    exit_code = 3
+
+
+# ---------------------------------------------------------------------------------------------------- settings
+
+
+def _number(cfg, key, default, low=None, high=None, kind=float):
+    value = get(cfg, key, default)
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and (kind is float or value == int(value))
+    if not ok or (low is not None and value < low) or (high is not None and value > high):
+        bounds = f" in [{low}, {high}]" if high is not None else (f" >= {low}" if low is not None else "")
+        raise UserError(f"{key}: {value!r} is not valid, expected {'an int' if kind is int else 'a number'}{bounds}")
+    return kind(value)
+
+
+@dataclass(frozen=True)
+class TrainPlan:
+    """What the config asks for, validated before anything is built."""
+    epochs: int
+    sup_only_epoch: int
+    semi: bool
+    batch_size: int
+    crop: tuple
+    use_proto: bool
+    granularity: int
+    losses: LossSettings
+    ema_decay: float
+    drop_percent: float
+    cutmix: bool
+    log_interval: int
+    save_interval: int
+    eval_on: bool
+    iterations: int
+
+    @property
+    def total_steps(self):
+        return self.epochs * self.iterations
+
+    @property
+    def warmup_steps(self):
+        return self.sup_only_epoch * self.iterations
+
+    def is_semi_epoch(self, epoch):
+        return self.semi and epoch >= self.sup_only_epoch
+
+
+def _unsup_type(cfg):
+    value = get(cfg, "trainer.unsupervised.loss_type", ENTROPY_DROP)
+    if value not in (ENTROPY_DROP, CONFIDENCE):
+        raise UserError(f"trainer.unsupervised.loss_type: {value!r} is not supported, expected "
+                        f"{ENTROPY_DROP!r} (U2PL) or {CONFIDENCE!r} (conf >= confid_thresh)")
+    return value
+
+
+def _cutmix(cfg):
+    value = get(cfg, "trainer.unsupervised.apply_aug", False)
+    if value not in ("cutmix", False, None, "none"):
+        raise UserError(f"trainer.unsupervised.apply_aug: {value!r} is not supported, expected cutmix or False")
+    return value == "cutmix"
+
+
+def _granularity(cfg, use_proto):
+    from .pipeline import patch_select_granularity
+    granularity = patch_select_granularity(cfg)
+    if use_proto and granularity is None:
+        raise UserError("net.proto_head.patch_select: training the prototype head samples one pixel per patch, "
+                        "expected patch_select: True")
+    return granularity or 0
+
+
+def loss_settings(cfg):
+    aux_cfg = get(cfg, "net.aux_loss")
+    return LossSettings(
+        aux_weight=_number(cfg, "net.aux_loss.loss_weight", 0.4, 0.0) if aux_cfg else 0.0,
+        unsup_type=_unsup_type(cfg),
+        unsup_weight=_number(cfg, "trainer.unsupervised.loss_weight", 1.0, 0.0),
+        confid_thresh=_number(cfg, "trainer.unsupervised.confid_thresh", 0.8, 0.0, 1.0),
+        proto_weight=_number(cfg, "net.proto_head.loss_weight", 1.0, 0.0),
+        proto_update=bool(get(cfg, "net.proto_head.dynamic_update_proto", True)))
+
+
+def plan_from_config(cfg):
+    from .pipeline import check_train_crop, iterations_per_epoch
+    epochs = _number(cfg, "trainer.epochs", None, 1, kind=int)
+    sup_only_epoch = _number(cfg, "trainer.sup_only_epoch", 1, 0, kind=int)
+    semi = isinstance(get(cfg, "trainer.unsupervised"), dict) and sup_only_epoch < epochs
+    use_proto = semi and isinstance(get(cfg, "net.proto_head"), dict)
+    batch_size = _number(cfg, "dataset.batch_size", None, 1, kind=int)
+    if semi and batch_size < 2:
+        raise UserError("dataset.batch_size: 1 is too small for CutMix and BatchNorm, expected at least 2")
+    return TrainPlan(
+        epochs=epochs, sup_only_epoch=min(sup_only_epoch, epochs), semi=semi, batch_size=batch_size,
+        crop=check_train_crop(cfg), use_proto=use_proto, granularity=_granularity(cfg, use_proto),
+        losses=loss_settings(cfg), ema_decay=_number(cfg, "net.ema_decay", 0.99, 0.0, 1.0),
+        drop_percent=_number(cfg, "trainer.unsupervised.drop_percent", 100, 0.0, 100.0),
+        cutmix=semi and _cutmix(cfg), log_interval=_number(cfg, "trainer.log_interval", DEFAULT_LOG_INTERVAL, 1,
+                                                           kind=int),
+        save_interval=_number(cfg, "trainer.save_interval", 0, 0, kind=int),
+        eval_on=bool(get(cfg, "trainer.eval_on", True)) and bool(get(cfg, "dataset.val")),
+        iterations=iterations_per_epoch(cfg, batch_size, 1, semi))
+
+
+@dataclass(frozen=True)
+class RunFiles:
+    work_dir: str
+    checkpoint_dir: str
+
+    @classmethod
+    def from_config(cls, cfg, work_dir=None):
+        if work_dir is None:
+            main_dir = get(cfg, "saver.main_dir")
+            if not main_dir:
+                raise UserError("saver.main_dir: missing, expected the output folder (or pass --work-dir)")
+            # upstream layout: ckpt/<dataset>/<split>/<method>, relative to the repo root (where eval.sh looks)
+            work_dir = main_dir if os.path.isabs(main_dir) else os.path.join(REPO_ROOT, main_dir)
+        work_dir = os.path.abspath(os.path.expanduser(work_dir))
+        return cls(work_dir, os.path.join(work_dir, str(get(cfg, "saver.snapshot_dir", "checkpoints"))))
+
+    def path(self, name):
+        return os.path.join(self.work_dir, name)
+
+    @property
+    def last(self):
+        return os.path.join(self.checkpoint_dir, "last.ckpt")
+
+    @property
+    def best(self):
+        return os.path.join(self.checkpoint_dir, "best.ckpt")
+
+
+# ------------------------------------------------------------------------------------------------------ models
+
+
+def load_pretrained(model, path):
+    """An ImageNet backbone (`encoder.*` only, from `convert pth2ckpt`) or a whole segmentor checkpoint; the
+    prototype bank may be missing from the latter (it is initialised at the first semi-supervised epoch)."""
+    import mindspore as ms
+    from ..utils.checkpoint import compare_to_model, model_shapes, read_checkpoint, strip_prefix
+    params = strip_prefix(read_checkpoint(path))
+    shapes = model_shapes(model)
+    if all(name.startswith("encoder.") for name in params):
+        shapes = {k: v for k, v in shapes.items() if k.startswith("encoder.")}
+    elif not any(name.startswith("proto_net.") for name in params):
+        shapes = {k: v for k, v in shapes.items() if not k.startswith("proto_net.")}
+    compare_to_model(params, shapes, path)
+    ms.load_param_into_net(model, params, strict_load=True)
+    return len(params)
+
+
+def build_pair(cfg, plan, pretrained=None):
+    """(MeanTeacherPair, student dropout cells, teacher dropout cells); the teacher starts as a copy."""
+    from ..models import create_model
+    from .masks import install_host_dropout
+    from .steps import MeanTeacherPair
+    net_cfg = net_config(cfg)
+    student = create_model(net_cfg)
+    if pretrained:
+        load_pretrained(student, pretrained)
+    max_batch = 2 * plan.batch_size if plan.semi else plan.batch_size
+    student_drop = install_host_dropout(student, max_batch)
+    teacher, teacher_drop = None, []
+    if plan.semi:
+        teacher = create_model(net_cfg)
+        teacher_drop = install_host_dropout(teacher, max_batch)
+    pair = MeanTeacherPair(student, teacher)
+    if teacher is not None:
+        copy_parameters(*_ema_pairs(pair))
+    return pair, student_drop, teacher_drop
+
+
+def _ema_pairs(pair):
+    from .ema import ema_parameter_pairs
+    return ema_parameter_pairs(pair.student, pair.teacher)
+
+
+def copy_parameters(targets, sources):
+    from mindspore import Tensor
+    for target, source in zip(targets, sources):
+        target.set_data(Tensor(source.asnumpy().copy()))
+
+
+# ----------------------------------------------------------------------------------------------------- records
+
+
+class StepLog:
+    """Loss tensors of the last steps, fetched to the host every `interval` steps (no per-step round trip),
+    checked for NaN/inf, appended to log.csv and shown on the progress bar."""
+
+    def __init__(self, path, interval, resume_step):
+        self.path, self.interval = path, interval
+        self.pending, self.rows = [], _read_log(path, resume_step)
+        self.window_start = time.perf_counter()
+        self._rewrite()
+
+    def _rewrite(self):
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, LOG_COLUMNS)
+        writer.writeheader()
+        writer.writerows(self.rows)
+        write_text_atomic(self.path, buffer.getvalue())
+
+    def add(self, info, losses):
+        self.pending.append((info, losses))
+        return len(self.pending) >= self.interval
+
+    def flush(self, on_bad_loss, images_per_step):
+        """Fetches pending losses; returns the newest row (None when nothing was pending)."""
+        if not self.pending:
+            return None
+        values = np.stack([losses.asnumpy() for _, losses in self.pending])
+        elapsed = time.perf_counter() - self.window_start
+        speed = images_per_step * len(self.pending) / max(elapsed, 1e-9)
+        new_rows = []
+        for (info, _), value in zip(self.pending, values):
+            if not np.all(np.isfinite(value)):
+                on_bad_loss(info, value)
+            new_rows.append({**info, "loss": float(value[0]), "sup": float(value[1]), "unsup": float(value[2]),
+                             "proto": float(value[3]), "images_per_s": round(speed, 3)})
+        self.pending = []
+        self.window_start = time.perf_counter()
+        with open(self.path, "a", newline="", encoding="utf-8") as handle:
+            csv.DictWriter(handle, LOG_COLUMNS).writerows(new_rows)
+        self.rows.extend(new_rows)
+        return new_rows[-1]
+
+
+def _read_log(path, before_step):
+    """Rows of an existing log.csv for steps < before_step (a resumed run rewrites the rest)."""
+    if before_step == 0 or not os.path.isfile(path):
+        return []
+    with open(path, newline="", encoding="utf-8") as handle:
+        return [row for row in csv.DictReader(handle) if row.get("step", "").isdigit()
+                and int(row["step"]) < before_step]
+
+
+def plot_curves(path, rows, history):
+    """PNG with the loss components per step and the validation mIoU per epoch."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, (ax_loss, ax_miou) = plt.subplots(1, 2, figsize=(11, 4))
+    steps = [int(row["step"]) for row in rows]
+    for column in ("loss", "sup", "unsup", "proto"):
+        values = [float(row[column]) for row in rows]
+        if any(values):
+            ax_loss.plot(steps, values, label=column, linewidth=0.8)
+    ax_loss.set(xlabel="iteration", ylabel="loss", title="training losses")
+    ax_loss.legend()
+    for key, label in (("miou", "linear head"), ("proto_miou", "prototype head")):
+        points = [(h["epoch"], 100 * h[key]) for h in history if h.get(key) is not None]
+        if points:
+            ax_miou.plot(*zip(*points), marker="o", label=label)
+    ax_miou.set(xlabel="epoch", ylabel="mIoU (%)", title="validation (center crop)")
+    ax_miou.legend()
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
+    plt.close(fig)
+    write_bytes_atomic(path, buffer.getvalue())
+
+
+# ----------------------------------------------------------------------------------------------------- trainer
+
+
+class Trainer:
+    """Builds the models, graphs and state of one run and executes it epoch by epoch."""
+
+    def __init__(self, cfg, plan, files, seed, pretrained=None, data_root=None, resume=False):
+        import mindspore as ms
+        from ..losses import build_criterion
+        from .ema import EMAUpdate
+        from .optim import build_optimizer
+        from .steps import Predictor, SemiStep, SupervisedStep, TeacherPseudoLabels
+        self.cfg, self.plan, self.files, self.seed, self.data_root = cfg, plan, files, seed, data_root
+        ms.set_seed(seed)
+        self.pair, self.student_drop, self.teacher_drop = build_pair(cfg, plan, None if resume else pretrained)
+        self.optimizer = build_optimizer(cfg, self.pair.student.trainable_params(), plan.total_steps,
+                                         model_prefix="student.")
+        criterion = build_criterion(cfg.get("criterion"))
+        self.graphs = {"supervised step": SupervisedStep(self.pair, self.optimizer, criterion, plan.losses),
+                       "student eval": Predictor(self.pair.student)}
+        if plan.semi:
+            ema = EMAUpdate(*_ema_pairs(self.pair))
+            self.graphs["semi step"] = SemiStep(self.pair, self.optimizer, criterion, plan.losses, ema,
+                                                plan.use_proto)
+            self.graphs["teacher pseudo-labels"] = TeacherPseudoLabels(self.pair.teacher)
+            self.graphs["teacher eval"] = Predictor(self.pair.teacher)
+        self.compiled = {name: 0 for name in self.graphs}
+        self.meta = {"epoch": 0, "iteration": 0, "seed": seed, "best_miou": None, "best_epoch": None,
+                     "history": [], "total_steps": plan.total_steps, "iterations_per_epoch": plan.iterations}
+        if resume:
+            self._resume()
+        self.log = StepLog(files.path("log.csv"), plan.log_interval, self.global_step(*self.position))
+
+    # -------------------------------------------------------------------------------------- state and records
+
+    @property
+    def position(self):
+        return self.meta["epoch"], self.meta["iteration"]
+
+    def global_step(self, epoch, iteration):
+        return epoch * self.plan.iterations + iteration
+
+    def _resume(self):
+        from .state import load_training_state
+        if not os.path.isfile(self.files.last):
+            raise UserError(f"{self.files.last}: no checkpoint to resume from, expected a previous run in "
+                            f"{self.files.work_dir} (or drop --resume)")
+        meta = load_training_state(self.files.last, self.pair, self.optimizer)
+        for key in ("total_steps", "iterations_per_epoch", "seed"):
+            if meta.get(key) != self.meta[key]:
+                raise UserError(f"{self.files.last}: the run used {key}={meta.get(key)}, this config/seed gives "
+                                f"{self.meta[key]}, expected the same trainer.epochs, dataset.batch_size, splits "
+                                "and --seed")
+        self.meta.update(meta)
+        say(f"resumed from {self.files.last} at epoch {self.meta['epoch'] + 1}, iteration "
+            f"{self.meta['iteration']} (global step {self.global_step(*self.position)})")
+
+    def save_checkpoint(self, epoch, iteration):
+        from .state import save_training_state
+        self.meta.update(epoch=epoch, iteration=iteration)
+        save_training_state(self.files.last, self.pair, self.optimizer, self.meta)
+
+    def _on_bad_loss(self, info, value):
+        names = ("total", "sup", "unsup", "proto")
+        bad = ", ".join(f"{n}={v}" for n, v in zip(names, value) if not np.isfinite(v))
+        kept = (f"{self.files.last} (epoch {self.meta['epoch']}, iteration {self.meta['iteration']})"
+                if os.path.isfile(self.files.last) else "none (no checkpoint was written yet)")
+        raise TrainingDiverged(f"loss is not finite at epoch {info['epoch']}, iteration {info['iteration']} (global "
+                               f"step {info['step']}): {bad}; training stopped. Last good checkpoint: {kept}. "
+                               "Expected finite losses: lower trainer.optimizer.kwargs.lr or check the data")
+
+    # ------------------------------------------------------------------------------------------------ graphs
+
+    def _call(self, name, *args):
+        """Runs graph `name`, reporting the first call (compilation) and any later recompilation."""
+        graph = self.graphs[name]
+        start = time.perf_counter()
+        result = graph.run(*args)
+        count = len(graph.compile_cache)
+        if count != self.compiled[name]:
+            kind = "compiled" if self.compiled[name] == 0 else "RECOMPILED (unexpected: an input shape changed)"
+            say(f"{kind} the {name} graph in {time.perf_counter() - start:.1f} s")
+            self.compiled[name] = count
+        return result
+
+    def graph_count(self):
+        return sum(self.compiled.values())
+
+    # ----------------------------------------------------------------------------------------------- phases
+
+    def begin_semi_phase(self):
+        """Prototype initialisation (spec C.1) and teacher := student, before the first semi-supervised step."""
+        if self.plan.use_proto:
+            self._init_prototypes()
+        copy_parameters(*_ema_pairs(self.pair))
+        say("teacher initialised from the student; semi-supervised training starts")
+
+    def _init_prototypes(self):
+        import mindspore as ms
+        from .proto_init import init_prototypes, load_proto_pickle, proto_settings, save_proto_pickle
+        num_classes, k, dim, _ = proto_settings(self.cfg)
+        source = resolve_path(self.cfg, get(self.cfg, "net.proto_head.init_proto_path"))
+        if source and os.path.isfile(source):
+            bank = load_proto_pickle(source, num_classes, k, dim)
+            say(f"prototypes loaded from {source}")
+        else:
+            if source:
+                say(f"net.proto_head.init_proto_path {source} not found: initialising by k-means instead")
+            start = time.perf_counter()
+            # images of varying sizes: eager mode, a graph per image size would recompile for every shape
+            ms.set_context(mode=ms.PYNATIVE_MODE)
+            try:
+                bank, counts = init_prototypes(self.pair.student, self.cfg, self.seed, data_root=self.data_root)
+            finally:
+                ms.set_context(mode=ms.GRAPH_MODE)
+                self.pair.restore_names()
+            say(f"prototypes: k-means (K={k}) on student features of {sum(counts.values())} labeled pixels "
+                f"({time.perf_counter() - start:.0f} s)")
+        save_proto_pickle(self.files.path("prototypes_init.pickle"), bank, num_classes, k)
+        self.pair.student.proto_net.proto_list.set_data(ms.Tensor(np.asarray(bank, np.float32)))
+
+    # --------------------------------------------------------------------------------------------- iterations
+
+    def _load_dropout_masks(self, epoch, iteration):
+        from .masks import STUDENT_DROPOUT, TEACHER_DROPOUT, dropout_keep_masks, load_dropout_masks, step_rng
+        for cells, purpose in ((self.student_drop, STUDENT_DROPOUT), (self.teacher_drop, TEACHER_DROPOUT)):
+            load_dropout_masks(cells, dropout_keep_masks(step_rng(self.seed, epoch, iteration, purpose), cells))
+
+    def supervised_iteration(self, batch, epoch, iteration):
+        from mindspore import Tensor
+        self._load_dropout_masks(epoch, iteration)
+        return self._call("supervised step", Tensor(batch["image_l"]), Tensor(batch["label_l"]))
+
+    def semi_iteration(self, batch, epoch, iteration):
+        from mindspore import Tensor
+        from ..losses import drop_percent_schedule
+        from .ema import ema_decay
+        from .masks import CUTMIX, PATCH_SELECT, cutmix_boxes, patch_select_coords, step_rng
+        from .steps import scalar
+        plan = self.plan
+        image_u = Tensor(batch["image_u"])
+        pseudo, confidence = self._call("teacher pseudo-labels", image_u)
+        height, width = plan.crop
+        boxes = np.zeros((plan.batch_size, 4), np.int32)
+        if plan.cutmix:
+            boxes = cutmix_boxes(step_rng(self.seed, epoch, iteration, CUTMIX), plan.batch_size, height, width)
+        coords = np.zeros((1, 2), np.int32)  # unused without the prototype head
+        if plan.use_proto:
+            coords = patch_select_coords(step_rng(self.seed, epoch, iteration, PATCH_SELECT), height,
+                                         plan.granularity)
+        decay = ema_decay(self.global_step(epoch, iteration), plan.warmup_steps, plan.ema_decay)
+        self._load_dropout_masks(epoch, iteration)
+        return self._call("semi step", Tensor(batch["image_l"]), Tensor(batch["label_l"]), image_u, pseudo,
+                          confidence, Tensor(boxes), Tensor(coords),
+                          scalar(drop_percent_schedule(plan.drop_percent, epoch, plan.epochs)), scalar(decay))
+
+    def _lrs(self, step):
+        from .optim import decoder_lr_times, optimizer_settings, poly_lr_at
+        base, _, _, power = optimizer_settings(self.cfg)
+        return tuple(poly_lr_at(base * times, step, self.plan.total_steps, power)
+                     for times in (1, decoder_lr_times(self.cfg)))
+
+    def run_epoch(self, epoch, start_iteration):
+        from tqdm import tqdm
+        from .pipeline import build_train_pipeline
+        plan = self.plan
+        semi = plan.is_semi_epoch(epoch)
+        if semi and epoch == plan.sup_only_epoch and start_iteration == 0:
+            self.begin_semi_phase()
+        pipeline = build_train_pipeline(self.cfg, self.seed, epoch, plan.batch_size, semi=plan.semi,
+                                        start_iteration=start_iteration, data_root=self.data_root)
+        images_per_step = plan.batch_size * (2 if semi else 1)
+        phase = "semi" if semi else "supervised"
+        bar = tqdm(total=plan.iterations, initial=start_iteration, desc=f"epoch {epoch + 1}/{plan.epochs} {phase}",
+                   dynamic_ncols=True, file=sys.stderr, leave=True)
+        run_iteration = self.semi_iteration if semi else self.supervised_iteration
+        for iteration, batch in enumerate(pipeline, start=start_iteration):
+            step = self.global_step(epoch, iteration)
+            losses = run_iteration(batch, epoch, iteration)
+            lr, lr_decoder = self._lrs(step)
+            info = {"epoch": epoch + 1, "iteration": iteration + 1, "step": step, "phase": phase,
+                    "lr": f"{lr:.6g}", "lr_decoder": f"{lr_decoder:.6g}", "graphs": self.graph_count(),
+                    "time_s": round(time.time(), 3)}
+            if self.log.add(info, losses) or self._mid_epoch_save_due(iteration):
+                self._show(bar, self.log.flush(self._on_bad_loss, images_per_step))
+            if self._mid_epoch_save_due(iteration):
+                self.save_checkpoint(epoch, iteration + 1)  # after the flush: only finite losses get saved
+            bar.update(1)
+        self._show(bar, self.log.flush(self._on_bad_loss, images_per_step))
+        bar.close()
+
+    def _mid_epoch_save_due(self, iteration):
+        interval = self.plan.save_interval
+        return interval > 0 and (iteration + 1) % interval == 0 and iteration + 1 < self.plan.iterations
+
+    @staticmethod
+    def _show(bar, row):
+        if row is not None:
+            parts = {k: f"{row[k]:.3f}" for k in ("loss", "sup", "unsup", "proto") if row[k]}
+            bar.set_postfix(parts, lr=row["lr"], img_s=f"{row['images_per_s']:.2f}", refresh=False)
+
+    # --------------------------------------------------------------------------------------------- validation
+
+    def validate(self, epoch):
+        """Center-crop mIoU of the teacher (semi epochs) or the student: {'miou', 'proto_miou' or None}."""
+        from mindspore import Tensor
+        from ..data.datasets import build_dataset
+        from ..data.transforms import build_transform, normalize
+        from ..eval import IoUAccumulator, center_crop, to_class_map
+        dataset_cfg = self.cfg["dataset"]
+        num_classes = get(self.cfg, "net.num_classes")
+        dataset = build_dataset(dataset_cfg, "val", num_classes=num_classes,
+                                data_root_override=resolve_path(self.cfg, self.data_root or
+                                                                get(self.cfg, "dataset.val.data_root")),
+                                list_override=resolve_path(self.cfg, get(self.cfg, "dataset.val.data_list")))
+        crop = build_transform(dataset_cfg, "val").crop_size or self.plan.crop
+        graph = "teacher eval" if self.plan.is_semi_epoch(epoch) else "student eval"
+        meters = {"pred": IoUAccumulator(num_classes), "proto": IoUAccumulator(num_classes)}
+
+        def predict(batch):
+            pred, proto = self._call(graph, Tensor(batch))
+            heads = {"pred": pred.asnumpy()}
+            if proto is not None:
+                heads["proto"] = proto.asnumpy()
+            return heads
+
+        mean, std = dataset_cfg["mean"], dataset_cfg["std"]
+        for index in range(len(dataset)):
+            image, label, _ = dataset[index]
+            logits, cropped = center_crop(predict, normalize(image, mean, std), label, crop)
+            for head, meter in meters.items():
+                if head in logits:
+                    meter.update(to_class_map(logits[head]), cropped)
+        has_proto = self.plan.use_proto and self.plan.is_semi_epoch(epoch)
+        return {"miou": meters["pred"].miou(), "proto_miou": meters["proto"].miou() if has_proto else None,
+                "model": "teacher" if self.plan.is_semi_epoch(epoch) else "student"}
+
+    # ------------------------------------------------------------------------------------------------- loop
+
+    def end_epoch(self, epoch):
+        from .state import save_model
+        record = {"epoch": epoch + 1}
+        model_name = "teacher" if self.plan.is_semi_epoch(epoch) else "student"
+        if self.plan.eval_on:
+            record.update(self.validate(epoch))
+            proto = f", prototype head {100 * record['proto_miou']:.2f}" if record["proto_miou"] is not None else ""
+            say(f"epoch {epoch + 1}: validation mIoU ({record['model']}, center crop) {100 * record['miou']:.2f}"
+                f"{proto}")
+        improved = not self.plan.eval_on or self.meta["best_miou"] is None or record["miou"] > self.meta["best_miou"]
+        if improved:
+            save_model(self.files.best, getattr(self.pair, model_name))
+            self.meta.update(best_miou=record.get("miou"), best_epoch=epoch + 1)
+        self.meta["history"].append(record)
+        self.save_checkpoint(epoch + 1, 0)
+        plot_curves(self.files.path("curves.png"), self.log.rows, self.meta["history"])
+
+    def fit(self):
+        epoch, iteration = self.position
+        if epoch >= self.plan.epochs:
+            say("the run had already finished")
+        while epoch < self.plan.epochs:
+            self.run_epoch(epoch, iteration)
+            self.end_epoch(epoch)
+            epoch, iteration = epoch + 1, 0
+        plot_curves(self.files.path("curves.png"), self.log.rows, self.meta["history"])
+        return self.summary()
+
+    def summary(self):
+        best = self.meta["best_miou"]
+        best_text = (f"{100 * best:.2f} mIoU (center crop) at epoch {self.meta['best_epoch']}" if best is not None
+                     else f"no validation (trainer.eval_on false or no dataset.val); the final model")
+        lines = ["", "training finished",
+                 f"  best:        {best_text}",
+                 f"  best.ckpt:   {self.files.best}   (evaluate: python -m ms_semiseg eval --config CFG "
+                 f"--ckpt {self.files.best})",
+                 f"  last.ckpt:   {self.files.last}   (full state; --resume continues from it)",
+                 f"  log.csv:     {self.files.path('log.csv')}",
+                 f"  curves.png:  {self.files.path('curves.png')}"]
+        if self.plan.use_proto:
+            lines.append(f"  prototypes:  {self.files.path('prototypes_init.pickle')} (initial bank)")
+        return "\n".join(lines)
+
+
+def say(message):
+    from tqdm import tqdm
+    tqdm.write(message, file=sys.stderr)
+
+
+# --------------------------------------------------------------------------------------------------------- CLI
+
+
+def add_arguments(parser):
+    parser.add_argument("--config", required=True, help="experiment config.yaml (upstream U2PL/PCR schema)")
+    parser.add_argument("--work-dir", help="output folder (default: saver.main_dir relative to the repo root)")
+    parser.add_argument("--pretrained", help="ImageNet backbone .ckpt (convert pth2ckpt) or a segmentor .ckpt to "
+                                             "start from (default: saver.pretrain when set)")
+    parser.add_argument("--resume", action="store_true", help="continue from <work dir>/checkpoints/last.ckpt")
+    parser.add_argument("--device", help="CPU, GPU or Ascend (default: GPU when usable, else CPU)")
+    parser.add_argument("--seed", type=int, default=None, help=f"random seed (default {DEFAULT_SEED}; a resumed run "
+                                                               "keeps its own)")
+    parser.add_argument("--data-root", help="override dataset.train.data_root and dataset.val.data_root")
+    parser.add_argument("--opts", nargs="*", default=[], help="config overrides key=value, e.g. trainer.epochs=1")
+
+
+def _pretrained_path(args, cfg):
+    path = args.pretrained or resolve_path(cfg, get(cfg, "saver.pretrain") or None)
+    if path and not os.path.isfile(path):
+        raise UserError(f"{path}: pretrained checkpoint not found, expected a .ckpt (convert pth2ckpt output)")
+    return path
+
+
+def _resume_seed(files, requested):
+    """The seed stored in last.ckpt; an explicit different --seed is an error (it would change the run)."""
+    from .state import STATE_KEY
+    import json
+    from ..utils.checkpoint import read_checkpoint
+    if not os.path.isfile(files.last):
+        raise UserError(f"{files.last}: no checkpoint to resume from, expected a previous run in {files.work_dir} "
+                        "(or drop --resume)")
+    raw = read_checkpoint(files.last).get(STATE_KEY)
+    seed = json.loads(raw)["seed"] if isinstance(raw, str) else None
+    if seed is None:
+        raise UserError(f"{files.last}: no {STATE_KEY} entry, expected a last.ckpt written by `ms_semiseg train`")
+    if requested is not None and requested != seed:
+        raise UserError(f"--seed {requested}: the run being resumed used seed {seed}, expected the same seed")
+    return seed
+
+
+def _save_run_config(cfg, files):
+    clean = {k: v for k, v in cfg.items() if not k.startswith("_")}
+    write_text_atomic(files.path("config.yaml"), yaml.safe_dump(clean, sort_keys=False))
+
+
+def run(args):
+    import mindspore as ms
+    from ..device import set_device
+    cfg = load_config(args.config, args.opts)
+    plan = plan_from_config(cfg)
+    files = RunFiles.from_config(cfg, args.work_dir)
+    resume = args.resume or bool(get(cfg, "saver.auto_resume", False) and os.path.isfile(files.last))
+    if not resume and os.path.isfile(files.last):
+        raise UserError(f"{files.last}: a previous run is there, expected --resume to continue it or another "
+                        "--work-dir (delete the folder to start over)")
+    seed = _resume_seed(files, args.seed) if resume else (DEFAULT_SEED if args.seed is None else args.seed)
+    pretrained = _pretrained_path(args, cfg)
+    ensure_writable_dir(files.checkpoint_dir, "checkpoint folder")
+    cleanup_stale_temps(files.checkpoint_dir)
+    cleanup_stale_temps(files.work_dir)
+    device = set_device(args.device)
+    ms.set_context(mode=ms.GRAPH_MODE)
+    _save_run_config(cfg, files)
+    method = ("supervised only" if not plan.semi else "mean teacher" + (" + prototypes (PCR)" if plan.use_proto
+                                                                       else " (U2PL)"))
+    say(f"{method} on {device}: {plan.epochs} epochs x {plan.iterations} iterations, batch {plan.batch_size}, "
+        f"crop {plan.crop[0]}x{plan.crop[1]}, seed {seed} -> {files.work_dir}")
+    trainer = Trainer(cfg, plan, files, seed, pretrained, args.data_root, resume)
+    print(trainer.fit())
+    return 0

@@ -1,0 +1,199 @@
+"""Training pipeline: batch layout, lockstep, determinism, sharding, epoch lengths (U2PL B.3) and config errors."""
+
+import random
+
+import numpy as np
+import pytest
+
+from ms_semiseg.config import load_config
+from ms_semiseg.data.datasets import read_image
+from ms_semiseg.data.transforms import build_transform
+from ms_semiseg.errors import UserError
+from ms_semiseg.train.pipeline import (
+    build_train_pipeline,
+    check_train_crop,
+    iterations_per_epoch,
+    u2pl_entries,
+    unlabeled_list_path,
+)
+from tests.fixtures import make_voc_fixture
+from tests.helpers import tiny_config, write_config
+
+CROP = 33
+# 3 labeled, 8 unlabeled images of assorted sizes (some smaller than the crop: padding path)
+LABELED = [f"2007_00{i:04d}" for i in range(3)]
+UNLABELED = [f"2008_00{i:04d}" for i in range(8)]
+SIZES = [(40, 52), (30, 45), (37, 37), (50, 28)]
+
+
+@pytest.fixture(scope="module")
+def voc(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp("voc") / "VOC2012")
+    items = [(sample_id, SIZES[i % len(SIZES)]) for i, sample_id in enumerate(LABELED + UNLABELED)]
+    return make_voc_fixture(root, items, lists={"labeled": LABELED, "unlabeled": UNLABELED})
+
+
+def make_cfg(voc, crop=(CROP, CROP), workers=2):
+    cfg = tiny_config()
+    train = cfg["dataset"]["train"]
+    train["data_root"], train["data_list"] = voc["root"], voc["lists"]["labeled"]
+    train["crop"]["size"] = list(crop)
+    cfg["dataset"]["workers"] = workers
+    return cfg
+
+
+def batches(cfg, seed=2, epoch=0, batch_size=2, **kwargs):
+    return list(build_train_pipeline(cfg, seed, epoch, batch_size, **kwargs))
+
+
+def rows(batch_list):
+    """Per-sample tuples (image_l, label_l, image_u) in iteration order."""
+    out = []
+    for batch in batch_list:
+        for i in range(len(batch["image_l"])):
+            out.append((batch["image_l"][i], batch["label_l"][i], batch["image_u"][i]))
+    return out
+
+
+def assert_same_batches(first, second):
+    assert len(first) == len(second)
+    for a, b in zip(first, second):
+        assert sorted(a) == sorted(b)
+        for key in a:
+            np.testing.assert_array_equal(a[key], b[key])
+
+
+def find_row(image, candidates):
+    hits = [i for i, other in enumerate(candidates) if np.array_equal(image, other)]
+    assert len(hits) == 1
+    return hits[0]
+
+
+def test_batch_layout_and_dtypes(voc):
+    cfg = make_cfg(voc)
+    pipeline = build_train_pipeline(cfg, 2, 0, 2)
+    out = list(pipeline)
+    assert len(pipeline) == len(out) == 8 // 2
+    for batch in out:
+        assert sorted(batch) == ["image_l", "image_u", "label_l"]
+        assert batch["image_l"].shape == batch["image_u"].shape == (2, 3, CROP, CROP)
+        assert batch["image_l"].dtype == batch["image_u"].dtype == np.float32
+        assert batch["label_l"].shape == (2, CROP, CROP) and batch["label_l"].dtype == np.int32
+        assert set(np.unique(batch["label_l"])) <= set(range(21)) | {255}
+    assert any(255 in batch["label_l"] for batch in out)  # the fixture's object borders survive augmentation
+
+
+def test_samples_are_the_transform_of_listed_images(voc):
+    """Each labeled row equals the U2PL transform of one labeled image under some (image, rng) pairing: check
+    via the unaugmented path (no resize/flip, centre crop), where the result is fully determined."""
+    cfg = make_cfg(voc)
+    train = cfg["dataset"]["train"]
+    del train["rand_resize"], train["flip"]
+    train["crop"]["type"] = "center"
+    transform = build_transform(cfg["dataset"], "train")
+    expected = {}
+    for sample_id in LABELED + UNLABELED:
+        image = read_image(f"{voc['root']}/JPEGImages/{sample_id}.jpg")
+        expected[sample_id] = transform(image, voc["labels"][sample_id])
+    out = rows(batches(cfg))
+    labeled_ids, unlabeled_ids = set(), set()
+    for image_l, label_l, image_u in out:
+        sid = next(s for s in LABELED if np.array_equal(expected[s][0], image_l))
+        np.testing.assert_array_equal(label_l, expected[sid][1].astype(np.int32))
+        labeled_ids.add(sid)
+        unlabeled_ids.add(next(s for s in UNLABELED if np.array_equal(expected[s][0], image_u)))
+    # 8 labeled slots from 3 images (U2PL repeat): every labeled image used; all 8 unlabeled images once
+    assert labeled_ids == set(LABELED) and unlabeled_ids == set(UNLABELED)
+
+
+def test_deterministic_in_seed_and_epoch_whatever_the_worker_count(voc):
+    first = batches(make_cfg(voc, workers=2), seed=5, epoch=1)
+    assert_same_batches(first, batches(make_cfg(voc, workers=1), seed=5, epoch=1))
+    next_epoch = batches(make_cfg(voc), seed=5, epoch=2)
+    assert not np.array_equal(first[0]["image_u"], next_epoch[0]["image_u"])
+    other_seed = batches(make_cfg(voc), seed=6, epoch=1)
+    assert not np.array_equal(first[0]["image_l"], other_seed[0]["image_l"])
+
+
+def test_resume_inside_an_epoch_replays_the_remaining_batches(voc):
+    cfg = make_cfg(voc)
+    full = batches(cfg, seed=3, epoch=4)
+    pipeline = build_train_pipeline(cfg, 3, 4, 2, start_iteration=3)
+    assert len(pipeline) == 1
+    assert_same_batches(full[3:], list(pipeline))
+
+
+def test_two_ranks_partition_each_global_batch(voc):
+    cfg = make_cfg(voc)
+    single = batches(cfg, seed=2, epoch=0, batch_size=4)  # global batch 4: 2 iterations
+    ranks = [batches(cfg, seed=2, epoch=0, batch_size=2, rank=r, world_size=2) for r in range(2)]
+    assert len(single) == len(ranks[0]) == len(ranks[1]) == 2
+    for it, global_batch in enumerate(single):
+        global_rows = rows([global_batch])
+        taken = []
+        for rank in range(2):
+            for image_l, label_l, image_u in rows([ranks[rank][it]]):
+                index = find_row(image_u, [row[2] for row in global_rows])
+                np.testing.assert_array_equal(image_l, global_rows[index][0])
+                np.testing.assert_array_equal(label_l, global_rows[index][1])
+                taken.append(index)
+        assert sorted(taken) == [0, 1, 2, 3]  # each sample of the global batch on exactly one rank
+
+
+def test_supervised_only_epoch_follows_the_labeled_list(voc):
+    cfg = make_cfg(voc)
+    pipeline = build_train_pipeline(cfg, 2, 0, 1, semi=False)
+    out = list(pipeline)
+    assert len(pipeline) == len(out) == 3 == iterations_per_epoch(cfg, 1, 1, semi=False)
+    assert all(sorted(batch) == ["image_l", "label_l"] for batch in out)
+    assert iterations_per_epoch(cfg, 2, 1, semi=False) == 1  # drop_last: 3 // 2
+
+
+def test_iterations_per_epoch(voc):
+    cfg = make_cfg(voc)
+    assert iterations_per_epoch(cfg, 2, 1) == 4
+    assert iterations_per_epoch(cfg, 3, 1) == 2  # 8 // 3, drop_last
+    assert iterations_per_epoch(cfg, 2, 2) == 2
+    assert iterations_per_epoch(cfg, 3, 2) == 1
+    with pytest.raises(UserError, match="dataset.batch_size"):
+        iterations_per_epoch(cfg, 5, 2)
+
+
+def test_u2pl_labeled_repeat_matches_random_sample_with_the_seed():
+    labeled = list(range(3))
+    entries = u2pl_entries(labeled, 7, seed=2)
+    random.seed(2)  # U2PL voc_dset: random.seed(seed); random.sample(list * ceil(7 / 3), 7)
+    assert entries == random.sample(labeled * 3, 7)
+    counts = np.bincount(entries, minlength=3)
+    assert counts.sum() == 7 and counts.max() <= 3 and counts.min() >= 1
+    random.seed(2)
+    assert u2pl_entries(range(10), 4, seed=2) == random.sample(list(range(10)), 4)  # longer list: subsampled
+
+
+def test_unlabeled_list_derived_or_configured(voc, tmp_path):
+    cfg = make_cfg(voc)
+    assert unlabeled_list_path(cfg) == voc["lists"]["unlabeled"]
+    other = tmp_path / "mine.txt"
+    other.write_text("".join(s + "\n" for s in UNLABELED[:4]))
+    config_path = write_config(make_cfg(voc), str(tmp_path / "exp"))
+    cfg = load_config(config_path, [f"dataset.train.unlabeled_list={other}"])
+    assert unlabeled_list_path(cfg) == str(other)
+    assert iterations_per_epoch(cfg, 2, 1) == 2
+    cfg["dataset"]["train"].pop("unlabeled_list")
+    cfg["dataset"]["train"]["data_list"] = str(other)
+    with pytest.raises(UserError, match="dataset.train.data_list.*unlabeled_list"):
+        unlabeled_list_path(cfg)
+
+
+def test_crop_errors(voc):
+    with pytest.raises(UserError, match=r"dataset.train.crop.size: \[33, 41\] is not square"):
+        build_train_pipeline(make_cfg(voc, crop=(33, 41)), 2, 0, 2)
+    with pytest.raises(UserError, match="dataset.train.crop.size: 17 is smaller than"):
+        check_train_crop(make_cfg(voc, crop=(17, 17)))
+    no_proto = make_cfg(voc, crop=(33, 41))
+    no_proto["net"].pop("proto_head")
+    assert check_train_crop(no_proto) == (33, 41)  # non-square is fine without the patch mask
+    no_crop = make_cfg(voc)
+    no_crop["dataset"]["train"].pop("crop")
+    with pytest.raises(UserError, match="dataset.train.crop: missing"):
+        check_train_crop(no_crop)
