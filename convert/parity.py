@@ -59,15 +59,23 @@ def ms_heads(net, x):
     return {k: v.asnumpy() for k, v in heads.items() if v is not None}
 
 
-def compare_heads(ref, ours):
-    """Per head: (max |diff|, argmax agreement over the class axis, shape)."""
+def top2_margin(logits):
+    top2 = np.partition(logits, -2, axis=1)
+    return top2[:, -1] - top2[:, -2]
+
+
+def compare_heads(ref, ours, atol=1e-4):
+    """Per head: (max |diff|, argmax agreement, argmax agreement where the reference's top-2 margin exceeds 2*atol,
+    shape). Pixels whose two best classes are within the tolerance may legitimately flip under rounding."""
     report = {}
     for name in ref:
         if ref[name].shape != ours[name].shape:
             raise AssertionError(f"head {name}: torch shape {ref[name].shape} != MindSpore {ours[name].shape}")
         diff = float(np.abs(ref[name] - ours[name]).max())
-        agree = float((ref[name].argmax(1) == ours[name].argmax(1)).mean())
-        report[name] = (diff, agree, ref[name].shape)
+        same = ref[name].argmax(1) == ours[name].argmax(1)
+        decisive = top2_margin(ref[name]) > 2 * atol
+        report[name] = (diff, float(same.mean()), float(same[decisive].mean()) if decisive.any() else 1.0,
+                        ref[name].shape)
     return report
 
 
@@ -102,16 +110,18 @@ def run_parity(args):
     torch_s, timer = time.perf_counter() - timer, time.perf_counter()
     ours = ms_heads(net, x)
     ms_s = time.perf_counter() - timer
-    report = compare_heads(ref, ours)
+    report = compare_heads(ref, ours, args.atol)
     print(f"parity on {device} ({args.mode}), input {tuple(x.shape)}, weights: {args.pth or 'random'}")
-    print(f"{'head':<10} {'shape':<22} {'max_abs_diff':>13} {'rel_to_max':>11} {'argmax_agreement':>17}")
-    for name, (diff, agree, shape) in report.items():
+    print(f"{'head':<10} {'shape':<22} {'max_abs_diff':>13} {'rel_to_max':>11} {'argmax_agreement':>17} "
+          f"{'where_margin>2atol':>19}")
+    for name, (diff, agree, decisive, shape) in report.items():
         rel = diff / max(float(np.abs(ref[name]).max()), 1e-12)
-        print(f"{name:<10} {str(shape):<22} {diff:>13.3e} {rel:>11.2e} {agree:>17.6f}")
+        print(f"{name:<10} {str(shape):<22} {diff:>13.3e} {rel:>11.2e} {agree:>17.6f} {decisive:>19.6f}")
     if args.fp64:
         print_fp64_floor(ref_model, x, torch_device, ref, ours)
-    worst = max(d for d, _, _ in report.values())
-    agreement = min(a for _, a, _ in report.values())
+    worst = max(r[0] for r in report.values())
+    agreement = min(r[1] for r in report.values())
+    decisive = min(r[2] for r in report.values())
     print(f"torch forward {torch_s:.1f} s, MindSpore forward {ms_s:.1f} s, total {time.perf_counter() - start:.1f} s")
     print(f"parity: max_abs_diff={worst:.3e} argmax_agreement={agreement:.6f}")
-    return 0 if worst <= args.atol and agreement == 1.0 else 1
+    return 0 if worst <= args.atol and decisive == 1.0 else 1

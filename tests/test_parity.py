@@ -32,13 +32,14 @@ def cpu_pair(request):
 def test_full_model_parity_cpu(cpu_pair, size):
     config_path, (ref, net) = cpu_pair
     x = np.random.default_rng(sum(size)).standard_normal((1, 3, *size)).astype(np.float32)
-    report = compare_heads(torch_heads(ref, x, "cpu"), ms_heads(net, x))
+    report = compare_heads(torch_heads(ref, x, "cpu"), ms_heads(net, x), ATOL)
     expected_heads = {"pred", "pred_full", "proto"} | ({"aux"} if config_path == CITY_CONFIG else set())
     assert set(report) == expected_heads
-    for head, (diff, agreement, shape) in report.items():
-        print(f"{head} {shape}: max_abs_diff={diff:.3e} argmax_agreement={agreement}")
+    for head, (diff, agreement, decisive, shape) in report.items():
+        print(f"{head} {shape}: max_abs_diff={diff:.3e} argmax_agreement={agreement} decisive={decisive}")
         assert diff <= ATOL, (head, diff)
-        assert agreement == 1.0, (head, agreement)
+        assert decisive == 1.0, (head, decisive)
+        assert agreement > 0.9999, (head, agreement)  # only near-tie pixels may differ
 
 
 def _gpu_skip_reason():
@@ -56,9 +57,25 @@ def _gpu_skip_reason():
 def test_full_model_parity_gpu(size):
     ref, net = _pair(VOC_CONFIG, "GPU")
     x = np.random.default_rng(sum(size)).standard_normal((1, 3, *size)).astype(np.float32)
-    report = compare_heads(torch_heads(ref, x, "cuda"), ms_heads(net, x))
-    for head, (diff, agreement, _) in report.items():
-        assert diff <= ATOL and agreement == 1.0, (head, diff, agreement)
+    report = compare_heads(torch_heads(ref, x, "cuda"), ms_heads(net, x), ATOL)
+    for head, (diff, _, decisive, _) in report.items():
+        assert diff <= ATOL and decisive == 1.0, (head, diff, decisive)
+
+
+def test_port_error_is_at_the_float32_floor(cpu_pair):
+    """Scale-free check: against torch run in float64, the MindSpore fp32 model is no further than 2x torch's own fp32
+    result is, for every head (a port error would stand far above torch's rounding)."""
+    import copy
+    import torch
+    _, (ref, net) = cpu_pair
+    x = np.random.default_rng(7).standard_normal((1, 3, 161, 200)).astype(np.float32)
+    ref32, ours = torch_heads(ref, x, "cpu"), ms_heads(net, x)
+    ref64 = torch_heads(copy.deepcopy(ref).double(), x, "cpu", dtype=torch.float64)
+    for head in ref32:
+        torch_err = np.abs(ref32[head] - ref64[head]).max()
+        ms_err = np.abs(ours[head] - ref64[head]).max()
+        print(f"{head}: torch32 {torch_err:.2e} mindspore32 {ms_err:.2e}")
+        assert ms_err <= 2 * torch_err + 1e-6, (head, ms_err, torch_err)
 
 
 def test_parity_command_line_even_stem_size():

@@ -126,15 +126,16 @@ def _image_size(path):
         return 0, 0
 
 
-def order_by_size(dataset):
-    """Sample indices grouped by image size (listing order within a size): each size is compiled once."""
-    sizes = [_image_size(dataset.sample_paths(index)[1]) for index in range(len(dataset))]
-    return sorted(range(len(dataset)), key=lambda index: sizes[index])
+def order_by_size(image_paths):
+    """Indices of the images grouped by size (given order within a size), so that each size is compiled once
+    (see ms_semiseg.eval.predictor); the dataset mIoU is a sum over images, so the order does not change it."""
+    sizes = [_image_size(path) for path in image_paths]
+    return sorted(range(len(sizes)), key=lambda index: sizes[index])
 
 
-def _progress(iterable, total, enabled):
+def progress_bar(iterable, total, enabled, desc="eval"):
     from tqdm import tqdm
-    return tqdm(iterable, total=total, desc="eval", unit="img", file=sys.stderr, disable=not enabled,
+    return tqdm(iterable, total=total, desc=desc, unit="img", file=sys.stderr, disable=not enabled,
                 dynamic_ncols=True)
 
 
@@ -143,7 +144,8 @@ def evaluate_dataset(dataset, predict, protocol, mean, std, on_prediction=None, 
     from ms_semiseg.data import normalize
     from ms_semiseg.eval import IoUAccumulator, to_class_map
     accumulators = {}
-    for index in _progress(order_by_size(dataset), len(dataset), progress):
+    image_paths = [dataset.sample_paths(index)[1] for index in range(len(dataset))]
+    for index in progress_bar(order_by_size(image_paths), len(dataset), progress):
         image, label, sample_id = dataset[index]
         logits, label = protocol.logits(predict, normalize(image, mean, std), label)
         predictions = {head: to_class_map(value) for head, value in logits.items()}
@@ -231,6 +233,7 @@ def run(args):
     from ms_semiseg.utils.atomic import ensure_writable_dir
 
     cfg = load_config(args.config, args.opts)
+    device = prepare_device(args.device, args.threads)
     num_classes = int(net_config(cfg)["num_classes"])
     dataset_cfg = resolved_dataset_config(cfg, args.data_root)
     kind = dataset_kind(dataset_cfg)
@@ -242,7 +245,6 @@ def run(args):
     if args.save_dir:
         ensure_writable_dir(args.save_dir, "--save-dir folder")
 
-    device = prepare_device(args.device, args.threads)
     start = time.perf_counter()
     model = load_model(cfg, args.ckpt)
     predictor = Predictor(model, args.strategy, max_cached_shapes=protocol.shapes_per_image)

@@ -83,6 +83,18 @@ def load_training_state(path, pair, optimizer):
     return json.loads(raw_meta)
 
 
+def read_meta(path):
+    """The `train_state` dict of a last.ckpt, without converting its tensors."""
+    import mindspore as ms
+    try:
+        raw = ms.load_checkpoint(path, choice_func=lambda name: name == STATE_KEY).get(STATE_KEY)
+    except Exception:  # unreadable: read_checkpoint raises the one-line UserError
+        raw = read_checkpoint(path).get(STATE_KEY)
+    if not isinstance(raw, str):
+        raise UserError(f"{path}: no {STATE_KEY} entry, expected a last.ckpt written by `ms_semiseg train`")
+    return json.loads(raw)
+
+
 def _check_same_names(path, saved, targets):
     missing = sorted(set(targets) - set(saved))
     unexpected = sorted(set(saved) - set(targets))

@@ -360,7 +360,7 @@ class Trainer:
     def _on_bad_loss(self, info, value):
         names = ("total", "sup", "unsup", "proto")
         bad = ", ".join(f"{n}={v}" for n, v in zip(names, value) if not np.isfinite(v))
-        kept = (f"{self.files.last} (epoch {self.meta['epoch']}, iteration {self.meta['iteration']})"
+        kept = (f"{self.files.last} ({self.global_step(*self.position)} iterations done)"
                 if os.path.isfile(self.files.last) else "none (no checkpoint was written yet)")
         raise TrainingDiverged(f"loss is not finite at epoch {info['epoch']}, iteration {info['iteration']} (global "
                                f"step {info['step']}): {bad}; training stopped. Last good checkpoint: {kept}. "
@@ -608,16 +608,11 @@ def _pretrained_path(args, cfg):
 
 def _resume_seed(files, requested):
     """The seed stored in last.ckpt; an explicit different --seed is an error (it would change the run)."""
-    from .state import STATE_KEY
-    import json
-    from ..utils.checkpoint import read_checkpoint
+    from .state import read_meta
     if not os.path.isfile(files.last):
         raise UserError(f"{files.last}: no checkpoint to resume from, expected a previous run in {files.work_dir} "
                         "(or drop --resume)")
-    raw = read_checkpoint(files.last).get(STATE_KEY)
-    seed = json.loads(raw)["seed"] if isinstance(raw, str) else None
-    if seed is None:
-        raise UserError(f"{files.last}: no {STATE_KEY} entry, expected a last.ckpt written by `ms_semiseg train`")
+    seed = read_meta(files.last)["seed"]
     if requested is not None and requested != seed:
         raise UserError(f"--seed {requested}: the run being resumed used seed {seed}, expected the same seed")
     return seed
@@ -629,8 +624,6 @@ def _save_run_config(cfg, files):
 
 
 def run(args):
-    import mindspore as ms
-    from ..device import set_device
     cfg = load_config(args.config, args.opts)
     plan = plan_from_config(cfg)
     files = RunFiles.from_config(cfg, args.work_dir)
@@ -640,6 +633,8 @@ def run(args):
                         "--work-dir (delete the folder to start over)")
     seed = _resume_seed(files, args.seed) if resume else (DEFAULT_SEED if args.seed is None else args.seed)
     pretrained = _pretrained_path(args, cfg)
+    import mindspore as ms
+    from ..device import set_device
     ensure_writable_dir(files.checkpoint_dir, "checkpoint folder")
     cleanup_stale_temps(files.checkpoint_dir)
     cleanup_stale_temps(files.work_dir)

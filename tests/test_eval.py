@@ -1,0 +1,326 @@
+"""Evaluation, inference and export: mIoU parity of a converted model against the PyTorch reference pipeline
+(VOC whole image, Cityscapes sliding window), eval.sh end to end, checkpoint handling, compile strategies,
+infer outputs and the MindIR round trip. Tiny ResNet-18 models and tiny images keep it fast."""
+import json
+import os
+import re
+import subprocess
+
+import cv2
+import numpy as np
+import pytest
+
+from ms_semiseg.config import load_config, net_config
+from ms_semiseg.data import VOC_PALETTE, build_dataset, build_transform
+from ms_semiseg.errors import UserError
+from tests.fixtures import make_cityscapes_fixture, make_voc_fixture
+from tests.helpers import (CITY_CONFIG, REPO_ROOT, VOC_CONFIG, assert_user_error, run_module, tiny_config,
+                           write_config)
+
+VOC_SIZES = [(41, 53), (53, 37)]
+VOC_IDS = [f"2007_{index:06d}" for index in range(6)]
+CITY_NAMES = [f"val/lindau/lindau_{index:06d}_000019" for index in range(2)]
+CITY_SIZE = (40, 72)
+CITY_PROTOCOL = dict(crop=(33, 33), base_size=64, flip=True)  # 36x64 after resizing: 2x3 windows of 33
+MIOU_TOL = 0.01  # percent
+LAST_LINE = re.compile(r"^mIoU: (\d+\.\d\d) \(proto: (\d+\.\d\d|n/a)\)$")
+
+
+# ------------------------------------------------------------------------------------------------ fixtures
+
+def _setup_mindspore():
+    from ms_semiseg.eval.predictor import prepare_device
+    prepare_device("CPU")
+
+
+def _save_converted(torch_model, path, prefix=""):
+    """The converter's mapping (BatchNorm renames) from the torch state_dict to a MindSpore .ckpt."""
+    from convert import mapping
+    from ms_semiseg.utils.checkpoint import save_params_atomic
+    params = mapping.torch_to_ms({k: v.detach().numpy() for k, v in torch_model.state_dict().items()})
+    save_params_atomic({prefix + name: value for name, value in params.items()}, path)
+    return path
+
+
+def _relabel_from_reference(dataset, reference_logits):
+    """Labels the model partly agrees with: its linear-head argmax on the left half, its proto-head argmax on the
+    right half, the fixture's objects (with 255 outlines) on top. Random weights would otherwise score ~0."""
+    for index in range(len(dataset)):
+        _, label_path = dataset.sample_paths(index)[1:]
+        original = cv2.imread(label_path, cv2.IMREAD_UNCHANGED)
+        logits = reference_logits(index)
+        pred, proto = (logits[head][0].argmax(0).numpy() for head in ("pred", "proto"))
+        left = np.arange(original.shape[1])[None, :] < original.shape[1] // 2
+        label = np.where(left, pred, proto).astype(np.uint8)
+        label[original != 0] = original[original != 0]
+        cv2.imwrite(label_path, label)
+
+
+def _build_setup(folder, base_config, make_fixture, reference_logits_fn, seed):
+    """Config + fixture + random torch model + converted checkpoint + labels derived from the model."""
+    from convert.reference import random_reference_model
+    from ms_semiseg.eval.evaluate import resolved_dataset_config
+    from ms_semiseg.eval.reference import to_tensor
+    fixture = make_fixture(str(folder / "data"))
+    cfg = tiny_config(base_config)
+    cfg["dataset"]["val"].update(data_root=fixture["root"], data_list=fixture["lists"]["val"])
+    config_path = write_config(cfg, str(folder / "exp"))
+    cfg = load_config(config_path)
+    torch_model = random_reference_model(net_config(cfg), seed=seed)
+    dataset_cfg = resolved_dataset_config(cfg)
+    transform = build_transform(dataset_cfg, "val")
+    dataset = build_dataset(dataset_cfg, "val", num_classes=net_config(cfg)["num_classes"])
+
+    cache = {}
+
+    def logits(index):
+        if index not in cache:
+            x = to_tensor(dataset[index][0], transform.mean, transform.std)
+            cache[index] = reference_logits_fn(torch_model, x)
+        return cache[index]
+    _relabel_from_reference(dataset, logits)
+    ckpt = _save_converted(torch_model, str(folder / "model.ckpt"))
+    return dict(cfg=cfg, config=config_path, ckpt=ckpt, torch_model=torch_model, dataset=dataset,
+                transform=transform, fixture=fixture, logits=logits, folder=folder)
+
+
+@pytest.fixture(scope="module")
+def voc(tmp_path_factory):
+    from ms_semiseg.eval.reference import torch_predict, whole_image
+    folder = tmp_path_factory.mktemp("voc_eval")
+    sizes = [(sample_id, VOC_SIZES[index % 2]) for index, sample_id in enumerate(VOC_IDS)]
+    return _build_setup(folder, VOC_CONFIG, lambda root: make_voc_fixture(root, sizes),
+                        lambda model, x: whole_image(torch_predict(model), x), seed=3)
+
+
+@pytest.fixture(scope="module")
+def city(tmp_path_factory):
+    from ms_semiseg.eval.reference import sliding_window, torch_predict
+    folder = tmp_path_factory.mktemp("city_eval")
+    return _build_setup(folder, CITY_CONFIG, lambda root: make_cityscapes_fixture(root, CITY_NAMES, CITY_SIZE),
+                        lambda model, x: sliding_window(torch_predict(model), x, **CITY_PROTOCOL), seed=5)
+
+
+def _ours(setup, protocol, strategy="static"):
+    """mIoU (percent) per head through our pipeline with the converted model."""
+    from convert.parity import ms_model_from_torch
+    from ms_semiseg.eval.evaluate import evaluate_dataset
+    from ms_semiseg.eval.predictor import Predictor
+    _setup_mindspore()
+    model = ms_model_from_torch(setup["cfg"], setup["torch_model"])
+    predictor = Predictor(model, strategy, max_cached_shapes=protocol.shapes_per_image)
+    accumulators = evaluate_dataset(setup["dataset"], predictor, protocol, setup["transform"].mean,
+                                    setup["transform"].std, progress=False)
+    return {head: 100.0 * accumulator.miou() for head, accumulator in accumulators.items()}, accumulators
+
+
+def _assert_meaningful(setup, reference):
+    """Random weights could predict one class everywhere, which would make any two pipelines agree."""
+    for head in ("pred", "proto"):
+        predicted = set()
+        for index in range(len(setup["dataset"])):
+            predicted.update(np.unique(setup["logits"](index)[head][0].argmax(0).numpy()).tolist())
+        assert len(predicted) >= 3, (head, predicted)
+        assert reference[head]["iou"].max() >= 20.0, (head, reference[head]["iou"])
+
+
+# ------------------------------------------------------------------------------------------------ mIoU parity
+
+def test_voc_whole_image_miou_matches_pytorch_reference(voc):
+    from ms_semiseg.eval.evaluate import Protocol
+    from ms_semiseg.eval.reference import evaluate_reference
+    reference = evaluate_reference(voc["torch_model"], voc["dataset"], voc["transform"].mean, voc["transform"].std,
+                                   "whole")
+    ours, accumulators = _ours(voc, Protocol("whole"))
+    _assert_meaningful(voc, reference)
+    assert sorted(ours) == ["pred", "proto"]
+    for head in ours:
+        assert abs(ours[head] - reference[head]["miou"]) <= MIOU_TOL, (head, ours[head], reference[head]["miou"])
+        np.testing.assert_allclose(100 * accumulators[head].iou(), reference[head]["iou"], atol=0.05)
+
+
+def test_cityscapes_sliding_window_miou_matches_pytorch_reference(city):
+    from ms_semiseg.eval.evaluate import Protocol
+    from ms_semiseg.eval.reference import evaluate_reference
+    reference = evaluate_reference(city["torch_model"], city["dataset"], city["transform"].mean,
+                                   city["transform"].std, "sliding", **CITY_PROTOCOL)
+    protocol = Protocol("sliding", flip=True, crop_size=CITY_PROTOCOL["crop"], base_size=CITY_PROTOCOL["base_size"])
+    ours, accumulators = _ours(city, protocol)
+    _assert_meaningful(city, reference)
+    for head in ours:
+        assert abs(ours[head] - reference[head]["miou"]) <= MIOU_TOL, (head, ours[head], reference[head]["miou"])
+
+
+# ------------------------------------------------------------------------------------------------ strategies
+
+def test_compile_strategies_give_identical_logits_and_bounded_cache(voc):
+    from convert.parity import ms_model_from_torch
+    from ms_semiseg.eval.predictor import Predictor
+    _setup_mindspore()
+    model = ms_model_from_torch(voc["cfg"], voc["torch_model"])
+    static, pynative = Predictor(model, "static", max_cached_shapes=1), Predictor(model, "pynative")
+    rng = np.random.default_rng(0)
+    for height, width in [(33, 41), (41, 33), (33, 41)]:
+        x = rng.normal(size=(1, 3, height, width)).astype(np.float32)
+        got, expected = static(x), pynative(x)
+        assert sorted(got) == ["pred", "proto"] and got["pred"].shape == (1, 21, height, width)
+        for head in expected:
+            np.testing.assert_array_equal(got[head], expected[head])
+    # one cached shape: the third call's shape was dropped when the second arrived, so it compiled again
+    assert static.compile_count == 3 and static.compiled_shapes == [(1, 3, 33, 41)]
+
+
+def test_order_by_size_groups_sizes_and_keeps_list_order(voc):
+    from ms_semiseg.eval.evaluate import order_by_size
+    paths = [voc["dataset"].sample_paths(index)[1] for index in range(len(voc["dataset"]))]
+    order = order_by_size(paths)
+    assert order == [0, 2, 4, 1, 3, 5]  # sizes alternate (41x53, 53x37): each size together, in list order
+
+
+@pytest.mark.parametrize("overrides, culprit", [
+    (dict(protocol="center-crop", scales=[0.5, 1.0]), "--protocol center-crop"),
+    (dict(scales=[1.0, -0.5]), "--scales -0.5"),
+    (dict(crop_size=[10, 20, 30]), "--crop-size 10 20 30"),
+])
+def test_protocol_argument_errors(voc, overrides, culprit):
+    import argparse
+    from ms_semiseg.eval.evaluate import protocol_from_args
+    args = argparse.Namespace(**{**dict(protocol=None, scales=[1.0], flip=False, crop_size=None, base_size=2048),
+                                 **overrides})
+    with pytest.raises(UserError, match=re.escape(culprit)):
+        protocol_from_args(args, voc["transform"], "pascal")
+
+
+# ------------------------------------------------------------------------------------------------ checkpoints
+
+def test_module_prefixed_checkpoint_loads_like_the_plain_one(voc, tmp_path):
+    from ms_semiseg.eval.predictor import load_model
+    _setup_mindspore()
+    prefixed = _save_converted(voc["torch_model"], str(tmp_path / "module.ckpt"), prefix="module.")
+    plain = {p.name: p.asnumpy() for p in load_model(voc["cfg"], voc["ckpt"]).get_parameters()}
+    loaded = {p.name: p.asnumpy() for p in load_model(voc["cfg"], prefixed).get_parameters()}
+    assert sorted(loaded) == sorted(plain)
+    for name, value in plain.items():
+        np.testing.assert_array_equal(loaded[name], value, err_msg=name)
+
+
+def test_checkpoint_missing_a_parameter_is_refused_with_its_name(voc, tmp_path):
+    from ms_semiseg.utils.checkpoint import read_checkpoint, save_params_atomic
+    params = {k: v.asnumpy() for k, v in read_checkpoint(voc["ckpt"]).items() if k != "decoder.classifier.8.bias"}
+    partial = str(tmp_path / "partial.ckpt")
+    save_params_atomic(params, partial)
+    result = run_module("ms_semiseg", "eval", "--config", voc["config"], "--ckpt", partial, "--device", "CPU")
+    assert_user_error(result, partial, "missing", "decoder.classifier.8.bias")
+
+
+def test_device_gpu_without_gpu_is_a_one_line_error(voc):
+    from ms_semiseg.device import gpu_unavailable_reason
+    if gpu_unavailable_reason() is None:
+        pytest.skip("a GPU is usable here; the error path needs a machine without one")
+    result = run_module("ms_semiseg", "eval", "--config", voc["config"], "--ckpt", voc["ckpt"], "--device", "GPU")
+    assert_user_error(result, "--device GPU")
+
+
+def test_eval_on_gpu_matches_cpu(voc, tmp_path):
+    from ms_semiseg.device import gpu_unavailable_reason
+    reason = gpu_unavailable_reason()
+    if reason is not None:
+        pytest.skip(f"MindSpore cannot use a GPU here: {reason}")
+    results = {}
+    for device in ("CPU", "GPU"):
+        metrics = tmp_path / f"{device}.json"
+        result = run_module("ms_semiseg", "eval", "--config", voc["config"], "--ckpt", voc["ckpt"], "--device",
+                            device, "--metrics", metrics, "--no-progress")
+        assert result.returncode == 0, result.stderr[-3000:]
+        results[device] = json.loads(metrics.read_text())
+    assert results["GPU"]["device"] == "GPU"
+    for key in ("miou", "miou_proto"):
+        assert abs(results["GPU"][key] - results["CPU"][key]) <= 0.05
+
+
+# ------------------------------------------------------------------------------------------------ eval.sh
+
+def _reference_class_map(setup, sample_id, head="pred"):
+    index = [setup["dataset"].sample_paths(i)[0] for i in range(len(setup["dataset"]))].index(sample_id)
+    return setup["logits"](index)[head][0].argmax(0).numpy()
+
+
+def test_eval_sh_end_to_end(voc, tmp_path):
+    """eval.sh of the VOC 92 experiment (encoder swapped for the tiny one via --opts) on the 6-image fixture."""
+    from ms_semiseg.eval.reference import evaluate_reference
+    script = os.path.join(REPO_ROOT, "experiments", "pascal", "92", "ours", "eval.sh")
+    save_dir = tmp_path / "results"
+    env = dict(os.environ, CKPT=voc["ckpt"], DATA_ROOT=voc["fixture"]["root"], DEVICE="CPU")
+    result = subprocess.run(
+        ["bash", script, "--opts", "net.encoder.type=core.models.resnet.resnet18",
+         f"dataset.val.data_list={voc['fixture']['lists']['val']}", "--save-dir", str(save_dir)],
+        cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    last = result.stdout.strip().splitlines()[-1]
+    match = LAST_LINE.match(last)
+    assert match, last
+    assert "linear head" in result.stdout and "proto head" in result.stdout and "aeroplane" in result.stdout
+
+    metrics = json.loads((save_dir / "metrics.json").read_text())
+    reference = evaluate_reference(voc["torch_model"], voc["dataset"], voc["transform"].mean,
+                                   voc["transform"].std, "whole")
+    assert (metrics["num_images"], metrics["protocol"], metrics["dataset"]) == (6, "whole", "pascal")
+    assert metrics["checkpoint"] == voc["ckpt"] and metrics["data_root"] == voc["fixture"]["root"]
+    assert len(metrics["heads"]["linear"]["iou"]) == 21 and metrics["heads"]["linear"]["iou"]["background"] >= 0
+    assert abs(metrics["miou"] - reference["pred"]["miou"]) <= MIOU_TOL
+    assert abs(metrics["miou_proto"] - reference["proto"]["miou"]) <= MIOU_TOL
+    assert match.groups() == (f"{metrics['miou']:.2f}", f"{metrics['miou_proto']:.2f}")
+
+    for sample_id in VOC_IDS:
+        gray = cv2.imread(str(save_dir / "gray" / f"{sample_id}.png"), cv2.IMREAD_UNCHANGED)
+        color = cv2.cvtColor(cv2.imread(str(save_dir / "color" / f"{sample_id}.png")), cv2.COLOR_BGR2RGB)
+        assert np.mean(gray == _reference_class_map(voc, sample_id)) >= 0.999
+        np.testing.assert_array_equal(color, VOC_PALETTE[gray])
+
+
+# ------------------------------------------------------------------------------------------------ infer, export
+
+def test_infer_writes_masks_and_overlays(voc, tmp_path):
+    images = os.path.join(voc["fixture"]["root"], "JPEGImages")
+    out = tmp_path / "infer"
+    result = run_module("ms_semiseg", "infer", "--config", voc["config"], "--ckpt", voc["ckpt"], "--device", "CPU",
+                        "--images", images, os.path.join(images, f"{VOC_IDS[0]}.jpg"), "--out", out)
+    assert result.returncode == 0, result.stderr[-3000:]
+    written = sorted(os.listdir(out))
+    assert len(written) == 14 and f"{VOC_IDS[0]}_2_mask.png" in written  # the image named twice is not overwritten
+    for sample_id in VOC_IDS:
+        mask = cv2.cvtColor(cv2.imread(str(out / f"{sample_id}_mask.png")), cv2.COLOR_BGR2RGB)
+        overlay = cv2.cvtColor(cv2.imread(str(out / f"{sample_id}_overlay.png")), cv2.COLOR_BGR2RGB)
+        image = cv2.cvtColor(cv2.imread(os.path.join(images, f"{sample_id}.jpg")), cv2.COLOR_BGR2RGB)
+        expected = VOC_PALETTE[_reference_class_map(voc, sample_id)]
+        assert np.mean(np.all(mask == expected, axis=-1)) >= 0.999
+        blend = 0.5 * image.astype(np.float32) + 0.5 * mask.astype(np.float32)
+        assert np.abs(overlay.astype(np.float32) - blend).max() <= 0.5 + 1e-6
+
+
+def test_infer_missing_image_is_a_user_error(voc, tmp_path):
+    missing = str(tmp_path / "nope.jpg")
+    result = run_module("ms_semiseg", "infer", "--config", voc["config"], "--ckpt", voc["ckpt"], "--device", "CPU",
+                        "--images", missing, "--out", tmp_path / "out")
+    assert_user_error(result, missing)
+
+
+def test_export_mindir_runs_with_the_same_logits(voc, tmp_path):
+    import mindspore as ms
+    from mindspore import nn
+    from ms_semiseg.eval.predictor import load_model
+    from ms_semiseg.models import SegmentationInference
+    out = tmp_path / "model"
+    result = run_module("ms_semiseg", "export", "--config", voc["config"], "--ckpt", voc["ckpt"], "--out", out,
+                        "--height", 33, "--width", 41, "--device", "CPU")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (tmp_path / "model.mindir").is_file()
+    _setup_mindspore()
+    graph = nn.GraphCell(ms.load(str(tmp_path / "model.mindir")))
+    network = SegmentationInference(load_model(voc["cfg"], voc["ckpt"]))
+    x = ms.Tensor(np.random.default_rng(1).normal(size=(1, 3, 33, 41)).astype(np.float32))
+    exported, expected = graph(x), network(x)
+    assert len(exported) == 2
+    for got, want in zip(exported, expected):
+        assert got.shape == want.shape == (1, 21, 33, 41)
+        np.testing.assert_allclose(got.asnumpy(), want.asnumpy(), rtol=0, atol=1e-5)
