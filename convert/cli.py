@@ -31,6 +31,8 @@ def pth_to_ms_params(cfg, pth_path, state=None):
     from ms_semiseg.utils.checkpoint import compare_to_model
     state_dict, entry = mapping.read_pth(pth_path, state)
     backbone = mapping.is_imagenet_backbone(state_dict)
+    deep_stem = (cfg["net"]["encoder"].get("kwargs") or {}).get("deep_stem", True)
+    mapping.check_stem(state_dict, deep_stem, pth_path)
     if backbone:
         state_dict, entry = mapping.backbone_to_encoder(state_dict), "ImageNet backbone (fc.* ignored)"
     params = mapping.torch_to_ms(state_dict)

@@ -59,6 +59,26 @@ def is_imagenet_backbone(state_dict):
     return "layer1.0.conv1.weight" in state_dict and not any(k.startswith("encoder.") for k in state_dict)
 
 
+def backbone_stem(state_dict):
+    """'deep' for the U2PL deep stem (conv1.0/3/6), 'torchvision' for the 7x7 stem (conv1.weight), else None."""
+    if "conv1.0.weight" in state_dict or "encoder.conv1.0.weight" in state_dict:
+        return "deep"
+    if "conv1.weight" in state_dict or "encoder.conv1.weight" in state_dict:
+        return "torchvision"
+    return None
+
+
+def check_stem(state_dict, deep_stem, source):
+    """One-line explanation when ImageNet weights and the config disagree on the stem."""
+    stem = backbone_stem(state_dict)
+    if stem == "torchvision" and deep_stem:
+        raise UserError(f"{source}: torchvision ResNet weights (7x7 stem conv1.weight) but the config builds the "
+                        "deep 3x3 stem; set net.encoder.kwargs.deep_stem: false, or use deep-stem ImageNet weights")
+    if stem == "deep" and not deep_stem:
+        raise UserError(f"{source}: deep-stem ResNet weights (conv1.0/3/6) but the config has "
+                        "net.encoder.kwargs.deep_stem: false; remove that key to build the deep stem")
+
+
 def backbone_to_encoder(state_dict):
     """ImageNet ResNet -> `encoder.*` names; the classifier `fc.*` is not part of the segmentor."""
     return {"encoder." + k: v for k, v in state_dict.items() if not k.startswith("fc.")}

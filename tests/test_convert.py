@@ -200,3 +200,35 @@ def test_random_reference_is_well_conditioned_for_parity():
     with torch.no_grad():
         out = model(torch.randn(1, 3, 65, 65))
     assert 0.1 < float(out["pred"].abs().max()) < 100
+
+
+def _torchvision_state(arch="resnet18"):
+    """Keys and shapes of a torchvision ImageNet ResNet (7x7 stem, `fc`), built here without torchvision."""
+    net = ResNet(arch, deep_stem=False)
+    state = dict(net.state_dict())
+    state["fc.weight"], state["fc.bias"] = torch.randn(1000, 512), torch.randn(1000)
+    return state
+
+
+def test_torchvision_layout_converts_for_a_plain_stem_config(tmp_path):
+    cfg = tiny_config()
+    cfg["net"]["encoder"]["kwargs"]["deep_stem"] = False
+    cfg_path = write_config(cfg, str(tmp_path))
+    state = _torchvision_state()
+    assert "conv1.weight" in state and tuple(state["conv1.weight"].shape) == (64, 3, 7, 7)
+    torch.save(state, tmp_path / "resnet18-torchvision.pth")
+    out = tmp_path / "encoder.ckpt"
+    assert convert("pth2ckpt", "--config", cfg_path, "--pth", tmp_path / "resnet18-torchvision.pth",
+                   "--out", out) == 0
+    params = _ms_params(out)
+    np.testing.assert_array_equal(params["encoder.conv1.weight"], state["conv1.weight"].numpy())
+    np.testing.assert_array_equal(params["encoder.bn1.moving_variance"], state["bn1.running_var"].numpy())
+    assert not any(".fc." in k for k in params)
+
+
+def test_torchvision_weights_for_a_deep_stem_config_explain_the_mismatch(setup, tmp_path, capsys):
+    torch.save(_torchvision_state(), tmp_path / "tv.pth")
+    assert convert("pth2ckpt", "--config", setup["cfg_path"], "--pth", tmp_path / "tv.pth",
+                   "--out", tmp_path / "x.ckpt") == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "torchvision ResNet weights" in err and "deep_stem: false" in err

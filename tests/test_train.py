@@ -70,6 +70,10 @@ def kill_after_step(process, work, step, timeout=900):
     return logged
 
 
+def train(config, *args):
+    return run_module("ms_semiseg", "train", "--config", config, "--device", "CPU", *args)
+
+
 def read_log(work):
     with open(os.path.join(work, "log.csv"), newline="", encoding="utf-8") as handle:
         return list(csv.DictReader(handle))

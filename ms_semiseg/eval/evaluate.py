@@ -226,44 +226,53 @@ def metrics_path(args):
     return os.path.abspath(os.path.join(args.save_dir or ".", "metrics.json"))
 
 
-def run(args):
-    from ms_semiseg.config import load_config, net_config
-    from ms_semiseg.data import build_dataset, build_transform, dataset_kind, palette_for
-    from ms_semiseg.eval.predictor import Predictor, load_model, prepare_device
+def prepare_evaluation(args, cfg):
+    """Everything checked before the model is loaded: the dataset (every file present), protocol, output folders."""
+    from ms_semiseg.config import net_config
+    from ms_semiseg.data import build_dataset, build_transform, dataset_kind
     from ms_semiseg.utils.atomic import ensure_writable_dir
-
-    cfg = load_config(args.config, args.opts)
-    device = prepare_device(args.device, args.threads)
     num_classes = int(net_config(cfg)["num_classes"])
     dataset_cfg = resolved_dataset_config(cfg, args.data_root)
     kind = dataset_kind(dataset_cfg)
     transform = build_transform(dataset_cfg, "val")
     protocol = protocol_from_args(args, transform, kind)
     dataset = build_dataset(dataset_cfg, "val", num_classes=num_classes)
-    output = metrics_path(args)
-    ensure_writable_dir(os.path.dirname(output), "metrics folder")
+    ensure_writable_dir(os.path.dirname(metrics_path(args)), "metrics folder")
     if args.save_dir:
         ensure_writable_dir(args.save_dir, "--save-dir folder")
+    return kind, transform, protocol, dataset
 
+
+def metrics_payload(args, dataset, kind, protocol, run_info, results):
+    return {"config": os.path.abspath(args.config), "checkpoint": os.path.abspath(args.ckpt), "dataset": kind,
+            "data_root": dataset.data_root, "data_list": dataset.list_path, "num_images": len(dataset),
+            "num_classes": dataset.num_classes, **protocol.describe(), **run_info, "unit": "percent",
+            "miou": results["linear"]["miou"],
+            "miou_proto": None if results["proto"] is None else results["proto"]["miou"], "heads": results}
+
+
+def run(args):
+    from ms_semiseg.config import load_config
+    from ms_semiseg.data import palette_for
+    from ms_semiseg.eval.predictor import Predictor, load_model, prepare_device
+
+    cfg = load_config(args.config, args.opts)
+    device = prepare_device(args.device, args.threads)
+    kind, transform, protocol, dataset = prepare_evaluation(args, cfg)
     start = time.perf_counter()
-    model = load_model(cfg, args.ckpt)
-    predictor = Predictor(model, args.strategy, max_cached_shapes=protocol.shapes_per_image)
+    predictor = Predictor(load_model(cfg, args.ckpt), args.strategy, max_cached_shapes=protocol.shapes_per_image)
     on_prediction = png_writer(args.save_dir, palette_for(kind)) if args.save_dir else None
     accumulators = evaluate_dataset(dataset, predictor, protocol, transform.mean, transform.std, on_prediction,
                                     progress=not args.no_progress)
     elapsed = time.perf_counter() - start
 
-    names = class_names_for(kind, num_classes)
+    names = class_names_for(kind, dataset.num_classes)
     results = head_results(accumulators, names)
     print_tables(accumulators, names)
-    payload = {"config": os.path.abspath(args.config), "checkpoint": os.path.abspath(args.ckpt),
-               "dataset": kind, "data_root": dataset.data_root, "data_list": dataset.list_path,
-               "num_images": len(dataset), "num_classes": num_classes, **protocol.describe(),
-               "device": device, "strategy": args.strategy, "compiles": predictor.compile_count,
-               "elapsed_s": round(elapsed, 3), "images_per_s": round(len(dataset) / elapsed, 4),
-               "unit": "percent", "miou": results["linear"]["miou"],
-               "miou_proto": None if results["proto"] is None else results["proto"]["miou"], "heads": results}
-    write_metrics(output, payload)
+    run_info = {"device": device, "strategy": args.strategy, "compiles": predictor.compile_count,
+                "elapsed_s": round(elapsed, 3), "images_per_s": round(len(dataset) / elapsed, 4)}
+    output = metrics_path(args)
+    write_metrics(output, metrics_payload(args, dataset, kind, protocol, run_info, results))
     print(f"\n{len(dataset)} images in {elapsed:.1f} s ({len(dataset) / elapsed:.3f} images/s, {device}, "
           f"{args.strategy}); metrics -> {output}")
     print(final_line(results))
