@@ -7,8 +7,10 @@ Builds a VOC-layout set of random images in VOC sizes (5 distinct sizes, cycled)
 so peak RSS is measured separately and with the same thread count:
 - ours: `python -m ms_semiseg eval` (whole-image protocol, both heads, default compile strategy);
 - reference: `python -m ms_semiseg.eval.reference` (PyTorch eager, U2PL's eval loop).
-Prints images/s for each (the whole evaluation, model loading and compiles included, and the whole process),
-their ratio, peak RSS and both mIoUs (which must agree). Takes several minutes with ResNet-101 on a small CPU.
+Each side runs --rounds times in ABBA order (ours, ref, ref, ours, ...) and the times are averaged, so that load
+from other processes on a shared machine hits both sides alike. Prints images/s for each (the whole evaluation,
+model loading and compiles included, and the whole process), their ratio, peak RSS and both mIoUs (which must
+agree). With ResNet-101, 20 images and 2 rounds it takes 10-15 minutes on 2 CPU cores.
 """
 import argparse
 import json
@@ -29,6 +31,9 @@ def parse_args(argv=None):
     parser.add_argument("--images", type=int, default=20, help="number of images (default 20)")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads for both frameworks (default 2)")
     parser.add_argument("--strategy", default="static", help="our compile strategy (see ms_semiseg.eval.predictor)")
+    parser.add_argument("--rounds", type=int, default=2,
+                        help="runs per side in ABBA order, averaged, so load changes on a shared machine hit both "
+                             "sides alike (default 2)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workdir", default=None, help="keep data, weights and results here (default: a temp dir)")
     return parser.parse_args(argv)
@@ -97,10 +102,17 @@ def run_reference(args, data, pth, folder):
     return dict(elapsed=result["elapsed_s"], wall=wall, rss=rss, miou=result["miou"], miou_proto=result["miou_proto"])
 
 
+def average(results):
+    """Mean times, max peak RSS; mIoUs must not change between runs."""
+    assert len({(r["miou"], r["miou_proto"]) for r in results}) == 1, results
+    return dict(results[0], elapsed=sum(r["elapsed"] for r in results) / len(results),
+                wall=sum(r["wall"] for r in results) / len(results), rss=max(r["rss"] for r in results))
+
+
 def report(args, count, ours, reference):
     def rate(result, key):
         return count / result[key]
-    print(f"\n{count} images, {len(VOC_SIZES)} sizes {VOC_SIZES}, {args.threads} threads, "
+    print(f"\n{count} images, {len(VOC_SIZES)} sizes {VOC_SIZES}, {args.threads} threads, {args.rounds} round(s), "
           f"config {os.path.relpath(args.config, REPO_ROOT)}, our strategy {args.strategy}")
     print(f"{'pipeline':<22} {'images/s':>9} {'eval s':>8} {'process s':>10} {'peak RSS MiB':>13} {'mIoU':>7} "
           f"{'proto':>7}")
@@ -122,11 +134,16 @@ def main(argv=None):
     print(f"work dir {folder}; load average {os.getloadavg()[0]:.1f}", flush=True)
     data = make_images(os.path.join(folder, "voc"), args.images, args.seed)
     pth, ckpt = make_weights(args.config, folder, args.seed)
-    print("running our MindSpore pipeline ...", flush=True)
-    ours = run_ours(args, data, ckpt, folder)
-    print("running the PyTorch reference pipeline ...", flush=True)
-    reference = run_reference(args, data, pth, folder)
-    report(args, args.images, ours, reference)
+    sides = {"ours": lambda: run_ours(args, data, ckpt, folder),
+             "reference": lambda: run_reference(args, data, pth, folder)}
+    runs = {name: [] for name in sides}
+    for round_index in range(args.rounds):
+        for name in (("ours", "reference") if round_index % 2 == 0 else ("reference", "ours")):
+            runs[name].append(sides[name]())
+            result = runs[name][-1]
+            print(f"round {round_index + 1} {name}: {result['elapsed']:.1f} s, peak RSS {result['rss']:.0f} MiB, "
+                  f"load average {os.getloadavg()[0]:.1f}", flush=True)
+    report(args, args.images, average(runs["ours"]), average(runs["reference"]))
 
 
 if __name__ == "__main__":

@@ -9,6 +9,8 @@ from .errors import UserError
 # Keys users may set with --opts even when their config omits them (our additions to the upstream schema).
 OPTIONAL_KEYS = {
     "dataset.train.unlabeled_list",  # default: data_list with labeled.txt -> unlabeled.txt (U2PL)
+    "dataset.class_names",  # one name per class; default VOC/Cityscapes names, else "class <i>"
+    "dataset.palette",  # [[r, g, b], ...] one per class; default VOC/Cityscapes palette, else the VOC colormap
     "trainer.unsupervised.loss_type",  # entropy_drop (U2PL, default) or confidence (conf >= confid_thresh)
     "trainer.unsupervised.loss_weight",  # lambda_u, default 1 (U2PL)
     "trainer.log_interval",  # steps between loss fetches / log.csv writes, default 10

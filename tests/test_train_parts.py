@@ -48,7 +48,7 @@ def test_ema_decay_ramps_from_zero_at_the_first_semi_iteration():
 
 
 class TinySegmentor(nn.Cell):
-    """ModelBuilder's interface on a few layers: (pred at stride 4, aux None, rep None, rep_clf), proto head."""
+    """ModelBuilder's interface on a few layers: (pred at stride 4, aux, rep None, rep_clf), proto head."""
 
     def __init__(self, num_classes=3, dim=8, k=2):
         super().__init__()
@@ -56,11 +56,12 @@ class TinySegmentor(nn.Cell):
                                           conv2d(dim, dim, 3, 2, 1), batch_norm(dim), nn.ReLU()])
         self.decoder = nn.SequentialCell([conv2d(dim, dim, 1, bias=True), batch_norm(dim), nn.ReLU(), dropout2d(0.1),
                                           conv2d(dim, num_classes, 1, bias=True)])
+        self.auxor = nn.SequentialCell([conv2d(dim, num_classes, 1, bias=True)])
         self.proto_net = CosineProtoHead(dim, num_classes, k)
 
     def construct(self, x):
         rep = self.encoder(x)
-        return self.decoder(rep), None, None, rep
+        return self.decoder(rep), self.auxor(rep), None, rep
 
 
 class TorchMaskDropout(torch.nn.Module):
@@ -80,12 +81,13 @@ class TorchTiny(torch.nn.Module):
                                            torch.nn.Conv2d(dim, dim, 3, 2, 1, bias=False), bn(dim), torch.nn.ReLU())
         self.decoder = torch.nn.Sequential(torch.nn.Conv2d(dim, dim, 1), bn(dim), torch.nn.ReLU(), TorchMaskDropout(),
                                            torch.nn.Conv2d(dim, num_classes, 1))
+        self.auxor = torch.nn.Sequential(torch.nn.Conv2d(dim, num_classes, 1))
         self.proto_net = torch.nn.Module()
         self.proto_net.proto_list = torch.nn.Parameter(torch.zeros(num_classes * k, dim), requires_grad=False)
 
     def forward(self, x):
         rep = self.encoder(x)
-        return self.decoder(rep), rep
+        return self.decoder(rep), rep, self.auxor(rep)
 
 
 def torch_twin(ms_model):
@@ -117,14 +119,15 @@ def test_grouped_sgd_matches_torch_sgd_including_bn_weight_decay():
                                 decoder_times=10)
     groups = [{"params": [p for n, p in reference.named_parameters() if n.startswith("encoder.")], "lr": base},
               {"params": [p for n, p in reference.named_parameters()
-                          if n.startswith("decoder.")], "lr": base * 10}]
+                          if n.startswith(("decoder.", "auxor."))], "lr": base * 10}]
     torch_opt = torch.optim.SGD(groups, lr=base, momentum=0.9, weight_decay=wd)
     x = np.random.default_rng(1).standard_normal((2, 3, 16, 16)).astype(np.float32)
     model.set_train(False)
     reference.eval()  # BN in eval mode: the comparison is about the update rule, not batch statistics
 
     def loss_fn(image):
-        return (model(image)[0] ** 2).mean()
+        pred, aux, _, _ = model(image)
+        return (pred ** 2).mean() + (aux ** 2).mean()
 
     grad_fn = ms.value_and_grad(loss_fn, None, optimizer.parameters)
     for step in range(4):
@@ -133,7 +136,8 @@ def test_grouped_sgd_matches_torch_sgd_including_bn_weight_decay():
         for group, times in zip(torch_opt.param_groups, (1, 10)):
             group["lr"] = base * times * (1 - step / total) ** 0.9
         torch_opt.zero_grad()
-        (reference(torch.from_numpy(x))[0] ** 2).mean().backward()
+        pred, _, aux = reference(torch.from_numpy(x))
+        ((pred ** 2).mean() + (aux ** 2).mean()).backward()
         torch_opt.step()
     assert_models_match(model, reference, 1e-6, "after 4 SGD steps")
     assert int(optimizer.global_step.asnumpy().reshape(-1)[0]) == 4
@@ -284,8 +288,9 @@ def torch_unsup_loss(predict, target, percent, pred_teacher):
     return weight * F.cross_entropy(predict, target, ignore_index=255)
 
 
-def torch_semi_iteration(student, teacher, opt, batch, step, decay):
-    """One U2PL + PCR iteration written from spec B.6/C.3/C.4 (CELoss criterion, no aux head)."""
+def torch_semi_iteration(student, teacher, opt, batch, step, decay, unsup_type):
+    """One U2PL + PCR iteration written from spec B.6/C.3/C.4 (CELoss criterion, aux weight 0.4); L_u is U2PL's
+    entropy dropping or, for 'confidence', CE over the pixels whose mixed confidence reaches TAU."""
     x_l, y_l, x_u, boxes, coords, s_mask, t_mask = batch
     size = x_l.shape[2:]
     up = lambda t: F.interpolate(t, size=size, mode="bilinear", align_corners=True)  # noqa: E731
@@ -302,13 +307,18 @@ def torch_semi_iteration(student, teacher, opt, batch, step, decay):
     image_all = torch.cat((x_l, x_u))
     student.train()
     student.decoder[3].mask = s_mask
-    pred, rep = student(image_all)
-    sup = F.cross_entropy(up(pred[:B]), y_l, ignore_index=255)
+    pred, rep, aux = student(image_all)
+    sup = F.cross_entropy(up(pred[:B]), y_l, ignore_index=255) + 0.4 * F.cross_entropy(up(aux[:B]), y_l,
+                                                                                         ignore_index=255)
     teacher.train()
     teacher.decoder[3].mask = t_mask
     with torch.no_grad():
         teacher_u = up(teacher(image_all)[0][B:])
-    unsup = torch_unsup_loss(up(pred[B:]), pseudo, PERCENT, teacher_u)
+    if unsup_type == steps.ENTROPY_DROP:
+        unsup = torch_unsup_loss(up(pred[B:]), pseudo, PERCENT, teacher_u)
+    else:  # mean over the kept pixels, 0 when none is kept (torch would give NaN)
+        kept = pseudo.masked_fill(conf < TAU, 255)
+        unsup = F.cross_entropy(up(pred[B:]), kept, ignore_index=255) if (kept != 255).any() else 0 * pred.sum()
     rows, cols = coords[:, 0], coords[:, 1]
     feats = up(rep)[:, :, rows, cols].permute(0, 2, 1).reshape(-1, rep.shape[1])
     bank = student.proto_net.proto_list
@@ -336,7 +346,8 @@ def torch_semi_iteration(student, teacher, opt, batch, step, decay):
     return [v.item() for v in (total, sup, unsup, proto)]
 
 
-def test_semi_iterations_match_pytorch_and_compile_once(graph_mode):
+@pytest.mark.parametrize("unsup_type", [steps.ENTROPY_DROP, steps.CONFIDENCE])
+def test_semi_iterations_match_pytorch_and_compile_once(graph_mode, unsup_type):
     ms.set_seed(3)
     rng = np.random.default_rng(3)
     student, teacher = TinySegmentor(), TinySegmentor()
@@ -348,13 +359,13 @@ def test_semi_iterations_match_pytorch_and_compile_once(graph_mode):
     teacher_params, student_params = ema.ema_parameter_pairs(pair.student, pair.teacher)
     for target, source in zip(teacher_params, student_params):
         target.set_data(Tensor(source.asnumpy()))
-    settings = steps.LossSettings(aux_weight=0.0, confid_thresh=TAU)
+    settings = steps.LossSettings(aux_weight=0.4, confid_thresh=TAU, unsup_type=unsup_type)
     semi = steps.SemiStep(pair, optimizer, build_criterion({"type": "CELoss"}), settings,
                           ema.EMAUpdate(teacher_params, student_params), use_proto=True)
     pseudo_labels = steps.TeacherPseudoLabels(pair.teacher)
     torch_student, torch_teacher = torch_twin(pair.student), torch_twin(pair.teacher)
     groups = [{"params": [p for n, p in torch_student.named_parameters() if n.startswith(prefix)
-                          and p.requires_grad]} for prefix in ("encoder.", "decoder.")]
+                          and p.requires_grad]} for prefix in ("encoder.", ("decoder.", "auxor."))]
     torch_opt = torch.optim.SGD(groups, lr=BASE_LR, momentum=0.9, weight_decay=WD)
     for step in range(3):
         x_l = rng.standard_normal((B, 3, SIZE, SIZE)).astype(np.float32)
@@ -372,7 +383,7 @@ def test_semi_iterations_match_pytorch_and_compile_once(graph_mode):
                         steps.scalar(PERCENT), steps.scalar(decay)).asnumpy()
         batch = (torch.from_numpy(x_l), torch.from_numpy(y_l).long(), torch.from_numpy(x_u), boxes,
                  torch.from_numpy(coords).long(), s_mask, t_mask)
-        expected = torch_semi_iteration(torch_student, torch_teacher, torch_opt, batch, step, decay)
+        expected = torch_semi_iteration(torch_student, torch_teacher, torch_opt, batch, step, decay, unsup_type)
         np.testing.assert_allclose(ours, expected, rtol=1e-4, atol=1e-5, err_msg=f"losses of step {step}")
         assert_models_match(pair.student, torch_student, 2e-5, f"student after step {step}")
         assert_models_match(pair.teacher, torch_teacher, 2e-5, f"teacher after step {step}")

@@ -1,4 +1,10 @@
-"""PASCAL VOC (SegmentationClassAug) and Cityscapes (gtFine trainIds) readers driven by split-list files (spec D).
+"""PASCAL VOC (SegmentationClassAug), Cityscapes (gtFine trainIds) and custom-folder readers driven by split lists.
+
+Layouts (spec D; `dataset.type` picks one): VOC `JPEGImages/<id>.jpg` + `SegmentationClassAug/<id>.png` (any number
+of classes: `net.num_classes`), Cityscapes `leftImg8bit/...` + `gtFine/..._labelTrainIds.png`, and custom
+(`dataset.type: custom` or `folder`) `images/<id>.jpg|jpeg|png` + `labels/<id>.png`, where an id may contain
+sub-folders. Class names and palette come from `dataset.class_names` / `dataset.palette`, else the layout's defaults
+(`class_names_for`, `palette_for_config`).
 
 A sample is (RGB uint8 HxWx3 image, uint8 HxW label or None, sample id). Every problem with the user's data
 (missing root/list/file, unreadable image, colour or out-of-range label, size mismatch) is a one-line UserError
@@ -10,12 +16,17 @@ import os
 import cv2
 import numpy as np
 
+from ms_semiseg.config import get, require
+from ms_semiseg.data.palette import resolve_class_names, resolve_palette
 from ms_semiseg.errors import UserError
 
 KIND_BY_TYPE = {"pascal_semi": "pascal", "pascal": "pascal", "cityscapes_semi": "cityscapes",
-                "cityscapes": "cityscapes"}
+                "cityscapes": "cityscapes", "custom": "custom", "folder": "custom"}
 DEFAULT_NUM_CLASSES = {"pascal": 21, "cityscapes": 19}
 
+# (image folder, label folder) of the layouts whose ids are file stems (the `split` command lists them).
+LAYOUT_FOLDERS = {"pascal": ("JPEGImages", "SegmentationClassAug"), "custom": ("images", "labels")}
+CUSTOM_IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 _CITY_PREFIX, _CITY_SUFFIX = "leftImg8bit/", "leftImg8bit.png"
 # PIL (used upstream) ignores EXIF orientation; cv2 would rotate such JPEGs and misalign them with their labels.
 _IMAGE_FLAGS = cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION
@@ -26,6 +37,29 @@ def _voc_paths(root, line):
     """Bare id -> (sample id, image path, label path)."""
     return (line, os.path.join(root, "JPEGImages", line + ".jpg"),
             os.path.join(root, "SegmentationClassAug", line + ".png"))
+
+
+def custom_image_path(root, sample_id):
+    """images/<id> with the first extension found (lower then upper case); a `.{jpg,jpeg,png}` pattern when none
+    exists, so that the missing-file error says which names were tried."""
+    stem = os.path.join(root, LAYOUT_FOLDERS["custom"][0], sample_id)
+    for extension in CUSTOM_IMAGE_EXTENSIONS + tuple(e.upper() for e in CUSTOM_IMAGE_EXTENSIONS):
+        if os.path.isfile(stem + extension):
+            return stem + extension
+    return stem + ".{" + ",".join(e[1:] for e in CUSTOM_IMAGE_EXTENSIONS) + "}"
+
+
+def _custom_id(line):
+    """A list line is an id, optionally written with its image extension ('img_001' or 'img_001.jpg')."""
+    stem, extension = os.path.splitext(line)
+    return stem if extension.lower() in CUSTOM_IMAGE_EXTENSIONS else line
+
+
+def _custom_paths(root, line):
+    """<id> -> (id, images/<id>.<ext>, labels/<id>.png)."""
+    sample_id = _custom_id(line)
+    return (sample_id, custom_image_path(root, sample_id),
+            os.path.join(root, LAYOUT_FOLDERS["custom"][1], sample_id + ".png"))
 
 
 def _cityscapes_paths(root, line):
@@ -41,12 +75,14 @@ def _check_line(kind, line, list_path, line_number):
         expected = "a bare VOC id such as 2007_000033"
     elif kind == "cityscapes" and not (line.startswith(_CITY_PREFIX) and line.endswith("_" + _CITY_SUFFIX)):
         expected = "leftImg8bit/<split>/<city>/<name>_leftImg8bit.png"
+    elif kind == "custom" and (len(line.split()) != 1 or os.path.isabs(line) or ".." in line.split("/")):
+        expected = "an image id relative to images/, such as img_001 or site_a/img_001"
     else:
         return
     raise UserError(f"{list_path}: line {line_number} {line!r} is not a {kind} split line, expected {expected}")
 
 
-_PATHS_BY_KIND = {"pascal": _voc_paths, "cityscapes": _cityscapes_paths}
+_PATHS_BY_KIND = {"pascal": _voc_paths, "cityscapes": _cityscapes_paths, "custom": _custom_paths}
 
 
 def read_split_list(list_path):
@@ -115,7 +151,7 @@ def read_label(path, num_classes, ignore_label=255):
 
 
 class SegmentationDataset:
-    """Random-access reader of one split: `kind` is 'pascal' or 'cityscapes'."""
+    """Random-access reader of one split: `kind` is 'pascal', 'cityscapes' or 'custom'."""
 
     def __init__(self, kind, data_root, list_path, num_classes, ignore_label=255, with_labels=True):
         if kind not in _PATHS_BY_KIND:
@@ -164,7 +200,7 @@ class SegmentationDataset:
 
 
 def dataset_kind(dataset_cfg):
-    """'pascal' or 'cityscapes' from `dataset.type`."""
+    """'pascal', 'cityscapes' or 'custom' from `dataset.type`."""
     dataset_type = dataset_cfg.get("type")
     if dataset_type not in KIND_BY_TYPE:
         raise UserError(f"dataset.type: {dataset_type!r} is not supported, expected one of {sorted(KIND_BY_TYPE)}")
@@ -184,17 +220,51 @@ def build_dataset(dataset_cfg, split="val", data_root_override=None, list_overri
                   with_labels=True, check=True):
     """Reader for `dataset.<split>` of an upstream config (paths already resolved to absolute ones).
 
-    num_classes defaults to 21 (VOC) / 19 (Cityscapes); `check` verifies every listed file exists.
+    num_classes (normally net.num_classes) defaults to 21 (VOC) / 19 (Cityscapes) / len(dataset.class_names);
+    dataset.class_names and dataset.palette are checked against it here, before any work starts. `check`
+    verifies every listed file exists.
     """
     kind = dataset_kind(dataset_cfg)
+    num_classes = num_classes or _default_num_classes(dataset_cfg, kind)
+    resolve_class_names(kind, num_classes, dataset_cfg.get("class_names"))
+    resolve_palette(kind, num_classes, dataset_cfg.get("palette"))
     dataset = SegmentationDataset(
         kind,
         data_root=_split_value(dataset_cfg, split, "data_root", data_root_override),
         list_path=_split_value(dataset_cfg, split, "data_list", list_override),
-        num_classes=num_classes or DEFAULT_NUM_CLASSES[kind],
+        num_classes=num_classes,
         ignore_label=int(dataset_cfg.get("ignore_label", 255)),
         with_labels=with_labels,
     )
     if check:
         dataset.check_files()
     return dataset
+
+
+def _default_num_classes(dataset_cfg, kind):
+    if kind in DEFAULT_NUM_CLASSES:
+        return DEFAULT_NUM_CLASSES[kind]
+    names = dataset_cfg.get("class_names")
+    if isinstance(names, (list, tuple)) and names:
+        return len(names)
+    raise UserError("net.num_classes: missing for a custom dataset, expected the number of classes "
+                    "(or dataset.class_names)")
+
+
+def _kind_and_num_classes(cfg):
+    require(cfg, {"net.num_classes": int})
+    return dataset_kind(get(cfg, "dataset") or {}), get(cfg, "net.num_classes")
+
+
+def class_names_for(cfg):
+    """Class names of a whole config: dataset.class_names (one per net.num_classes), else the VOC/Cityscapes
+    names when the class count matches, else 'class 0', 'class 1', ...; UserError naming the key if invalid."""
+    kind, num_classes = _kind_and_num_classes(cfg)
+    return resolve_class_names(kind, num_classes, get(cfg, "dataset.class_names"))
+
+
+def palette_for_config(cfg):
+    """(256,3) uint8 RGB palette of a whole config: dataset.palette ([[r, g, b], ...], one per class), else the
+    VOC/Cityscapes palette, else the VOC colormap; UserError naming the key if invalid."""
+    kind, num_classes = _kind_and_num_classes(cfg)
+    return resolve_palette(kind, num_classes, get(cfg, "dataset.palette"))

@@ -6,6 +6,8 @@ import uuid
 import cv2
 import numpy as np
 
+from ms_semiseg.errors import UserError
+
 VOC_CLASSES = (
     "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
     "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
@@ -45,17 +47,68 @@ def cityscapes_palette():
 
 VOC_PALETTE = voc_palette()
 CITYSCAPES_PALETTE = cityscapes_palette()
-_BY_KIND = {"pascal": (VOC_CLASSES, VOC_PALETTE), "cityscapes": (CITYSCAPES_CLASSES, CITYSCAPES_PALETTE)}
+# A custom dataset has no default names; the VOC colormap gives every index its own colour, whatever the classes.
+_BY_KIND = {"pascal": (VOC_CLASSES, VOC_PALETTE), "cityscapes": (CITYSCAPES_CLASSES, CITYSCAPES_PALETTE),
+            "custom": ((), VOC_PALETTE)}
 
 
 def class_names(kind):
-    """Class names of a dataset kind ('pascal' or 'cityscapes')."""
+    """Default class names of a dataset kind ('pascal', 'cityscapes'; empty for 'custom')."""
     return _BY_KIND[kind][0]
 
 
 def palette_for(kind):
-    """(256,3) uint8 RGB palette of a dataset kind ('pascal' or 'cityscapes')."""
+    """(256,3) uint8 RGB default palette of a dataset kind ('pascal', 'cityscapes' or 'custom')."""
     return _BY_KIND[kind][1]
+
+
+def resolve_class_names(kind, num_classes, configured=None, key="dataset.class_names"):
+    """`configured` (checked: one unique string per class), else the kind's names when their count matches,
+    else 'class 0', 'class 1', ... (a VOC-layout dataset with other classes must not be labelled 'aeroplane')."""
+    if configured is not None:
+        return _checked_names(configured, num_classes, key)
+    names = class_names(kind)
+    return tuple(names) if len(names) == num_classes else tuple(f"class {i}" for i in range(num_classes))
+
+
+def resolve_palette(kind, num_classes, configured=None, key="dataset.palette"):
+    """(256,3) uint8: `configured` [[r, g, b], ...] (one row per class, black after), else the kind's palette
+    when it has a colour for every class, else the VOC colormap (Cityscapes' would leave classes 19+ black)."""
+    if configured is not None:
+        return _checked_palette(configured, num_classes, key)
+    return palette_for(kind) if num_classes <= len(class_names(kind)) else VOC_PALETTE
+
+
+def _check_count(values, num_classes, key, what):
+    if not isinstance(values, (list, tuple)):
+        raise UserError(f"{key}: {values!r} is not a list, expected a list of {num_classes} {what}")
+    if len(values) != num_classes:
+        raise UserError(f"{key}: {len(values)} entries but net.num_classes is {num_classes}, expected one "
+                        f"{what[:-1]} per class")
+
+
+def _checked_names(names, num_classes, key):
+    _check_count(names, num_classes, key, "names")
+    for index, name in enumerate(names):
+        if not isinstance(name, str) or not name.strip():
+            # YAML reads yes/no/null/1 unquoted as bool/None/int: ask for quotes rather than guess
+            raise UserError(f"{key}[{index}]: {name!r} is not a name, expected a non-empty string (quote it)")
+    duplicates = sorted({name for name in names if names.count(name) > 1})
+    if duplicates:
+        raise UserError(f"{key}: {duplicates[0]!r} appears more than once, expected unique class names")
+    return tuple(names)
+
+
+def _checked_palette(rows, num_classes, key):
+    _check_count(rows, num_classes, key, "colours")
+    palette = np.zeros((256, 3), dtype=np.uint8)
+    for index, row in enumerate(rows):
+        is_rgb = isinstance(row, (list, tuple)) and len(row) == 3 and all(
+            isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 255 for v in row)
+        if not is_rgb:
+            raise UserError(f"{key}[{index}]: {row!r} is not a colour, expected [r, g, b] with ints 0..255")
+        palette[index] = row
+    return palette
 
 
 def colorize(label, palette=VOC_PALETTE):

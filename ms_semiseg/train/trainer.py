@@ -11,7 +11,6 @@ Files, in the work dir (default: `saver.main_dir` relative to the repo root): `<
 """
 import csv
 import io
-import math
 import os
 import sys
 import time
@@ -246,17 +245,18 @@ class StepLog:
         values = np.stack([losses.asnumpy() for _, losses in self.pending])
         elapsed = time.perf_counter() - self.window_start
         speed = images_per_step * len(self.pending) / max(elapsed, 1e-9)
-        new_rows = []
-        for (info, _), value in zip(self.pending, values):
-            if not np.all(np.isfinite(value)):
-                on_bad_loss(info, value)
-            new_rows.append({**info, "loss": float(value[0]), "sup": float(value[1]), "unsup": float(value[2]),
-                             "proto": float(value[3]), "images_per_s": round(speed, 3)})
-        self.pending = []
-        self.window_start = time.perf_counter()
+        finite = np.all(np.isfinite(values), axis=1)
+        good = len(values) if finite.all() else int(np.argmin(finite))
+        new_rows = [{**info, "loss": float(value[0]), "sup": float(value[1]), "unsup": float(value[2]),
+                     "proto": float(value[3]), "images_per_s": round(speed, 3)}
+                    for (info, _), value in zip(self.pending[:good], values[:good])]
         with open(self.path, "a", newline="", encoding="utf-8") as handle:
             csv.DictWriter(handle, LOG_COLUMNS).writerows(new_rows)
         self.rows.extend(new_rows)
+        if good < len(values):  # the rows before the bad step are recorded first
+            on_bad_loss(self.pending[good][0], values[good])
+        self.pending = []
+        self.window_start = time.perf_counter()
         return new_rows[-1]
 
 
@@ -281,13 +281,14 @@ def plot_curves(path, rows, history):
         if any(values):
             ax_loss.plot(steps, values, label=column, linewidth=0.8)
     ax_loss.set(xlabel="iteration", ylabel="loss", title="training losses")
-    ax_loss.legend()
     for key, label in (("miou", "linear head"), ("proto_miou", "prototype head")):
         points = [(h["epoch"], 100 * h[key]) for h in history if h.get(key) is not None]
         if points:
             ax_miou.plot(*zip(*points), marker="o", label=label)
     ax_miou.set(xlabel="epoch", ylabel="mIoU (%)", title="validation (center crop)")
-    ax_miou.legend()
+    for axis in (ax_loss, ax_miou):
+        if axis.lines:
+            axis.legend()
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=100)
@@ -471,20 +472,22 @@ class Trainer:
         bar = tqdm(total=plan.iterations, initial=start_iteration, desc=f"epoch {epoch + 1}/{plan.epochs} {phase}",
                    dynamic_ncols=True, file=sys.stderr, leave=True)
         run_iteration = self.semi_iteration if semi else self.supervised_iteration
-        for iteration, batch in enumerate(pipeline, start=start_iteration):
-            step = self.global_step(epoch, iteration)
-            losses = run_iteration(batch, epoch, iteration)
-            lr, lr_decoder = self._lrs(step)
-            info = {"epoch": epoch + 1, "iteration": iteration + 1, "step": step, "phase": phase,
-                    "lr": f"{lr:.6g}", "lr_decoder": f"{lr_decoder:.6g}", "graphs": self.graph_count(),
-                    "time_s": round(time.time(), 3)}
-            if self.log.add(info, losses) or self._mid_epoch_save_due(iteration):
-                self._show(bar, self.log.flush(self._on_bad_loss, images_per_step))
-            if self._mid_epoch_save_due(iteration):
-                self.save_checkpoint(epoch, iteration + 1)  # after the flush: only finite losses get saved
-            bar.update(1)
-        self._show(bar, self.log.flush(self._on_bad_loss, images_per_step))
-        bar.close()
+        try:  # the bar is closed before any error message is printed
+            for iteration, batch in enumerate(pipeline, start=start_iteration):
+                step = self.global_step(epoch, iteration)
+                losses = run_iteration(batch, epoch, iteration)
+                lr, lr_decoder = self._lrs(step)
+                info = {"epoch": epoch + 1, "iteration": iteration + 1, "step": step, "phase": phase,
+                        "lr": f"{lr:.6g}", "lr_decoder": f"{lr_decoder:.6g}", "graphs": self.graph_count(),
+                        "time_s": round(time.time(), 3)}
+                if self.log.add(info, losses) or self._mid_epoch_save_due(iteration):
+                    self._show(bar, self.log.flush(self._on_bad_loss, images_per_step))
+                if self._mid_epoch_save_due(iteration):
+                    self.save_checkpoint(epoch, iteration + 1)  # after the flush: only finite losses get saved
+                bar.update(1)
+            self._show(bar, self.log.flush(self._on_bad_loss, images_per_step))
+        finally:
+            bar.close()
 
     def _mid_epoch_save_due(self, iteration):
         interval = self.plan.save_interval
@@ -501,15 +504,11 @@ class Trainer:
     def validate(self, epoch):
         """Center-crop mIoU of the teacher (semi epochs) or the student: {'miou', 'proto_miou' or None}."""
         from mindspore import Tensor
-        from ..data.datasets import build_dataset
         from ..data.transforms import build_transform, normalize
         from ..eval import IoUAccumulator, center_crop, to_class_map
         dataset_cfg = self.cfg["dataset"]
         num_classes = get(self.cfg, "net.num_classes")
-        dataset = build_dataset(dataset_cfg, "val", num_classes=num_classes,
-                                data_root_override=resolve_path(self.cfg, self.data_root or
-                                                                get(self.cfg, "dataset.val.data_root")),
-                                list_override=resolve_path(self.cfg, get(self.cfg, "dataset.val.data_list")))
+        dataset = val_dataset(self.cfg, self.data_root)
         crop = build_transform(dataset_cfg, "val").crop_size or self.plan.crop
         graph = "teacher eval" if self.plan.is_semi_epoch(epoch) else "student eval"
         meters = {"pred": IoUAccumulator(num_classes), "proto": IoUAccumulator(num_classes)}
@@ -565,11 +564,12 @@ class Trainer:
     def summary(self):
         best = self.meta["best_miou"]
         best_text = (f"{100 * best:.2f} mIoU (center crop) at epoch {self.meta['best_epoch']}" if best is not None
-                     else f"no validation (trainer.eval_on false or no dataset.val); the final model")
+                     else "no validation (trainer.eval_on false or no dataset.val); the final model")
         lines = ["", "training finished",
                  f"  best:        {best_text}",
-                 f"  best.ckpt:   {self.files.best}   (evaluate: python -m ms_semiseg eval --config CFG "
-                 f"--ckpt {self.files.best})",
+                 f"  best.ckpt:   {self.files.best}",
+                 f"  evaluate:    python -m ms_semiseg eval --config {self.cfg.get('_config_path', 'CONFIG')} "
+                 f"--ckpt {self.files.best}",
                  f"  last.ckpt:   {self.files.last}   (full state; --resume continues from it)",
                  f"  log.csv:     {self.files.path('log.csv')}",
                  f"  curves.png:  {self.files.path('curves.png')}"]
@@ -600,7 +600,10 @@ def add_arguments(parser):
 
 
 def _pretrained_path(args, cfg):
-    path = args.pretrained or resolve_path(cfg, get(cfg, "saver.pretrain") or None)
+    if args.pretrained:
+        path = os.path.abspath(args.pretrained)
+    else:  # upstream field, relative to the config's folder
+        path = resolve_path(cfg, get(cfg, "saver.pretrain") or None)
     if path and not os.path.isfile(path):
         raise UserError(f"{path}: pretrained checkpoint not found, expected a .ckpt (convert pth2ckpt output)")
     return path
@@ -618,6 +621,22 @@ def _resume_seed(files, requested):
     return seed
 
 
+def val_dataset(cfg, data_root=None):
+    """Reader of dataset.val (paths relative to the config; data_root overrides its data_root)."""
+    from ..data.datasets import build_dataset
+    return build_dataset(cfg["dataset"], "val", num_classes=get(cfg, "net.num_classes"),
+                         data_root_override=resolve_path(cfg, data_root or get(cfg, "dataset.val.data_root")),
+                         list_override=resolve_path(cfg, get(cfg, "dataset.val.data_list")))
+
+
+def check_data(cfg, plan, data_root=None):
+    """Every listed training (and validation) file exists: fail before any output is written."""
+    from .pipeline import train_readers
+    train_readers(cfg, plan.semi, data_root)
+    if plan.eval_on:
+        val_dataset(cfg, data_root)
+
+
 def _save_run_config(cfg, files):
     clean = {k: v for k, v in cfg.items() if not k.startswith("_")}
     write_text_atomic(files.path("config.yaml"), yaml.safe_dump(clean, sort_keys=False))
@@ -633,6 +652,8 @@ def run(args):
                         "--work-dir (delete the folder to start over)")
     seed = _resume_seed(files, args.seed) if resume else (DEFAULT_SEED if args.seed is None else args.seed)
     pretrained = _pretrained_path(args, cfg)
+    data_root = os.path.abspath(args.data_root) if args.data_root else None  # relative to where the user is
+    check_data(cfg, plan, data_root)
     import mindspore as ms
     from ..device import set_device
     ensure_writable_dir(files.checkpoint_dir, "checkpoint folder")
@@ -645,6 +666,9 @@ def run(args):
                                                                        else " (U2PL)"))
     say(f"{method} on {device}: {plan.epochs} epochs x {plan.iterations} iterations, batch {plan.batch_size}, "
         f"crop {plan.crop[0]}x{plan.crop[1]}, seed {seed} -> {files.work_dir}")
-    trainer = Trainer(cfg, plan, files, seed, pretrained, args.data_root, resume)
+    if not pretrained and not resume:
+        say("note: no --pretrained backbone (nor saver.pretrain): the encoder starts from random weights; U2PL/PCR "
+            "start from ImageNet (convert one with `python -m convert pth2ckpt`)")
+    trainer = Trainer(cfg, plan, files, seed, pretrained, data_root, resume)
     print(trainer.fit())
     return 0
