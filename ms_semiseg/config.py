@@ -69,8 +69,18 @@ def apply_opts(cfg, opts):
         if "=" not in opt:
             raise UserError(f"--opts {opt!r}: expected key=value, e.g. trainer.epochs=1")
         key, raw = opt.split("=", 1)
-        value = yaml.safe_load(raw) if raw.strip() else ""
-        _set(cfg, key.strip(), value)
+        _set(cfg, key.strip(), parse_value(raw))
+
+
+def parse_value(raw):
+    """YAML value of an --opts string; also reads `1e-3` as a float (YAML 1.1 wants `1.0e-3`)."""
+    value = yaml.safe_load(raw) if raw.strip() else ""
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    return value
 
 
 def _set(cfg, dotted, value):

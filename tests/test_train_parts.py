@@ -389,3 +389,29 @@ def test_semi_iterations_match_pytorch_and_compile_once(graph_mode, unsup_type):
         assert_models_match(pair.teacher, torch_teacher, 2e-5, f"teacher after step {step}")
     assert not np.allclose(pair.student.proto_net.proto_list.asnumpy(), bank)  # the bank moved
     assert len(semi.compile_cache) == 1 and len(pseudo_labels.compile_cache) == 1  # no recompilation
+
+
+# ---------------------------------------------------------------------------------------------- pretrained
+
+
+def test_pretrained_backbone_loads_into_the_encoder_only(tmp_path):
+    from helpers import tiny_config
+    from ms_semiseg.errors import UserError
+    from ms_semiseg.models import create_model
+    from ms_semiseg.train.trainer import load_pretrained
+    from ms_semiseg.utils.checkpoint import save_params_atomic
+    net = tiny_config()["net"]
+    ms.set_seed(1)
+    source, target = create_model(net), create_model(net)
+    backbone = {p.name: p.asnumpy() for p in source.get_parameters() if p.name.startswith("encoder.")}
+    save_params_atomic(backbone, str(tmp_path / "backbone.ckpt"))
+    before = {p.name: p.asnumpy().copy() for p in target.get_parameters()}
+    assert load_pretrained(target, str(tmp_path / "backbone.ckpt")) == len(backbone)
+    for param in target.get_parameters():
+        expected = backbone.get(param.name, before[param.name])
+        np.testing.assert_array_equal(param.asnumpy(), expected, err_msg=param.name)
+    other = create_model(tiny_config(arch="resnet34")["net"])
+    save_params_atomic({p.name: p.asnumpy() for p in other.get_parameters() if p.name.startswith("encoder.")},
+                       str(tmp_path / "resnet34.ckpt"))
+    with pytest.raises(UserError, match="resnet34.ckpt: does not match"):
+        load_pretrained(target, str(tmp_path / "resnet34.ckpt"))

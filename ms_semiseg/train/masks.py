@@ -2,7 +2,8 @@
 
 Every random choice of an iteration (CutMix boxes, the patch-select pixels, dropout masks) comes from
 `step_rng(seed, epoch, iteration, purpose)`, so a resumed epoch replays the same randomness, and the compiled step
-only sees fixed-shape tensors (boxes as coordinates, pixels as int coordinates, dropout as keep masks).
+only sees fixed-shape tensors: CutMix boxes as coordinates, selected pixels as int coordinates (both step inputs),
+dropout as keep masks written into the models' mask parameters before the step.
 """
 import numpy as np
 from mindspore import Parameter, Tensor, nn, ops
@@ -118,7 +119,7 @@ def gather_pixels(maps, coords):
 
 
 class HostMaskDropout2d(nn.Cell):
-    """nn.Dropout2d whose channel mask comes from the host (keep/(1-p) or 0 per sample and channel).
+    """nn.Dropout2d whose channel mask comes from the host (1/(1-p) or 0 per sample and channel).
 
     MindSpore's Dropout2D kernel draws from an internal state that a resumed process cannot restore, so a
     resumed run would drop other channels. The trainer loads a fresh mask into `keep_mask` before each step

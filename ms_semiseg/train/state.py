@@ -76,9 +76,10 @@ def load_training_state(path, pair, optimizer):
         param.set_data(Tensor(np.full(param.shape, value, dtype=value.dtype)))
     for name, param in targets.items():
         value = saved[name].asnumpy()
-        if value.shape != tuple(param.shape) or value.dtype != param.asnumpy().dtype:
+        dtype = param.asnumpy().dtype
+        if value.shape != tuple(param.shape) or value.dtype != dtype:
             raise UserError(f"{path}: {name} is {value.dtype}{list(value.shape)}, the run's config builds "
-                            f"{param.asnumpy().dtype}{list(param.shape)}, expected the config the run started with")
+                            f"{dtype}{list(param.shape)}, expected the config the run started with")
         param.set_data(Tensor(np.ascontiguousarray(value)))
     return json.loads(raw_meta)
 
