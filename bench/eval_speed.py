@@ -4,7 +4,8 @@
 
 Builds a VOC-layout set of random images in VOC sizes (5 distinct sizes, cycled), random weights
 (`python -m convert random`, converted with `python -m convert pth2ckpt`), then runs, each in its own process
-so peak RSS is measured separately and with the same thread count:
+so peak RSS is measured separately, with the same thread count (torch.set_num_threads / MindSpore threads_num,
+OMP_NUM_THREADS) and each framework's own oneDNN ISA (AVX2 for MindSpore, see ms_semiseg/__init__.py):
 - ours: `python -m ms_semiseg eval` (whole-image protocol, both heads, default compile strategy);
 - reference: `python -m ms_semiseg.eval.reference` (PyTorch eager, U2PL's eval loop).
 Each side runs --rounds times in ABBA order (ours, ref, ref, ours, ...) and the times are averaged, so that load
@@ -39,12 +40,10 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def child_env(drop=()):
-    env = dict(os.environ)
+def child_env(threads, **overrides):
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), **overrides)
     env["PYTHONPATH"] = REPO_ROOT + os.pathsep + env.get("PYTHONPATH", "")
     env.setdefault("GLOG_v", "3")
-    for name in drop:
-        env.pop(name, None)
     return env
 
 
@@ -69,12 +68,12 @@ def make_images(folder, count, seed):
     return make_voc_fixture(folder, sizes, seed=seed)
 
 
-def make_weights(config, folder, seed):
+def make_weights(args, folder):
     pth, ckpt = os.path.join(folder, "random.pth"), os.path.join(folder, "random.ckpt")
-    python = sys.executable
-    run_measured([python, "-m", "convert", "random", "--config", config, "--out", pth, "--seed", str(seed)],
-                 child_env())
-    run_measured([python, "-m", "convert", "pth2ckpt", "--config", config, "--pth", pth, "--out", ckpt], child_env())
+    python, env = sys.executable, child_env(args.threads)
+    run_measured([python, "-m", "convert", "random", "--config", args.config, "--out", pth, "--seed", str(args.seed)],
+                 env)
+    run_measured([python, "-m", "convert", "pth2ckpt", "--config", args.config, "--pth", pth, "--out", ckpt], env)
     return pth, ckpt
 
 
@@ -84,7 +83,7 @@ def run_ours(args, data, ckpt, folder):
                "--data-root", data["root"], "--opts", f"dataset.val.data_list={data['lists']['val']}",
                "--device", "CPU", "--threads", str(args.threads), "--strategy", args.strategy,
                "--metrics", metrics, "--no-progress"]
-    wall, rss = run_measured(command, child_env())
+    wall, rss = run_measured(command, child_env(args.threads))
     with open(metrics, encoding="utf-8") as handle:
         result = json.load(handle)
     return dict(elapsed=result["elapsed_s"], wall=wall, rss=rss, miou=result["miou"], miou_proto=result["miou_proto"])
@@ -95,8 +94,8 @@ def run_reference(args, data, pth, folder):
     command = [sys.executable, "-m", "ms_semiseg.eval.reference", "--config", args.config, "--pth", pth,
                "--data-root", data["root"], "--opts", f"dataset.val.data_list={data['lists']['val']}",
                "--protocol", "whole", "--threads", str(args.threads), "--json", output]
-    # the reference runs as PyTorch users run it: without our oneDNN setting (it does not change torch's speed)
-    wall, rss = run_measured(command, child_env(drop=("ONEDNN_MAX_CPU_ISA",)))
+    # importing ms_semiseg caps oneDNN at AVX2 for MindSpore; PyTorch keeps its default ISA
+    wall, rss = run_measured(command, child_env(args.threads, ONEDNN_MAX_CPU_ISA="ALL"))
     with open(output, encoding="utf-8") as handle:
         result = json.load(handle)
     return dict(elapsed=result["elapsed_s"], wall=wall, rss=rss, miou=result["miou"], miou_proto=result["miou_proto"])
@@ -133,7 +132,7 @@ def main(argv=None):
     os.makedirs(folder, exist_ok=True)
     print(f"work dir {folder}; load average {os.getloadavg()[0]:.1f}", flush=True)
     data = make_images(os.path.join(folder, "voc"), args.images, args.seed)
-    pth, ckpt = make_weights(args.config, folder, args.seed)
+    pth, ckpt = make_weights(args, folder)
     sides = {"ours": lambda: run_ours(args, data, ckpt, folder),
              "reference": lambda: run_reference(args, data, pth, folder)}
     runs = {name: [] for name in sides}

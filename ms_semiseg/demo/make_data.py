@@ -37,7 +37,7 @@ import numpy as np
 from ms_semiseg.errors import UserError
 
 GENERATOR = "ms_semiseg.demo.make_data"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # bump whenever the rendering changes, so stale datasets get regenerated
 IGNORE_LABEL = 255
 IGNORE_BAND_KERNEL = np.ones((3, 3), np.uint8)  # 1 px each side of an instance border
 JPEG_QUALITY = 95
@@ -50,9 +50,9 @@ DEFAULT_LABELED_FRACTION = 1 / 16
 MAX_DEFAULT_NUM_VAL = 200
 MIN_SIZE = 32
 
-OBJECTS_PER_IMAGE = (2, 4)  # inclusive range
+OBJECTS_PER_IMAGE = (2, 5)  # inclusive range
 CLUTTER_PER_IMAGE = (2, 6)
-OBJECT_HALF_EXTENT = (0.10, 0.26)  # fraction of the image side, drawn log-uniformly
+OBJECT_HALF_EXTENT = (0.15, 0.36)  # fraction of the image side, drawn log-uniformly
 CLUTTER_HALF_EXTENT = (0.04, 0.14)
 
 
@@ -208,15 +208,15 @@ def fish_angel(rng):
 
 
 def flower_daisy(rng):
-    petals = [ellipse(0.3 * np.cos(a), -0.35 + 0.3 * np.sin(a), 0.22, 0.09, np.rad2deg(a))
+    petals = [ellipse(0.42 * np.cos(a), -0.4 + 0.42 * np.sin(a), 0.32, 0.13, np.rad2deg(a))
               for a in np.linspace(0, 2 * np.pi, 8, endpoint=False)]
-    return [([box(-0.05, -0.2, 0.05, 1.0)], shade(rng, GREENS), 0), (petals, shade(rng, PETALS), 0),
-            ([circle(0, -0.35, 0.15)], shade(rng, FLOWER_HEARTS), 0)]
+    return [([segment(0, -0.2, 0, 1.0, 0.1)], shade(rng, GREENS), 0), (petals, shade(rng, PETALS), 0),
+            ([circle(0, -0.4, 0.2)], shade(rng, FLOWER_HEARTS), 0)]
 
 
 def flower_tulip(rng):
-    cup = np.array([[-0.4, -0.8], [-0.2, -0.5], [0, -0.85], [0.2, -0.5], [0.4, -0.8],
-                    [0.38, -0.25], [0, 0.0], [-0.38, -0.25]])
+    cup = np.array([[-0.5, -0.9], [-0.25, -0.55], [0, -0.95], [0.25, -0.55], [0.5, -0.9],
+                    [0.48, -0.25], [0, 0.05], [-0.48, -0.25]])
     return [([segment(0, -0.2, 0, 1.0, 0.1), ellipse(0.22, 0.45, 0.3, 0.09, -55)], shade(rng, GREENS), 0),
             ([cup], shade(rng, TULIPS, 0.4), 0)]
 
@@ -306,8 +306,8 @@ def smooth_noise(rng, height, width, cells=6):
 def linear_ramp(rng, height, width):
     """A ramp in [-1, 1] along a random direction, for shading and stripes."""
     angle = rng.uniform(0, 2 * np.pi)
-    ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
-    along = xs * np.cos(angle) + ys * np.sin(angle)
+    along = (np.arange(width, dtype=np.float32)[None, :] * np.cos(angle)
+             + np.arange(height, dtype=np.float32)[:, None] * np.sin(angle))
     return along, (along - along.min()) / (np.ptp(along) + 1e-6) * 2 - 1
 
 
@@ -399,7 +399,7 @@ def degrade(rng, image):
     image = (image - image.mean()) * rng.uniform(0.8, 1.2) + image.mean() + rng.uniform(-15, 15)
     if rng.random() < 0.6:
         image = cv2.GaussianBlur(image, (0, 0), rng.uniform(0.4, 1.0))
-    image = image + rng.normal(0, rng.uniform(2, 7), image.shape).astype(np.float32)
+    image = image + np.float32(rng.uniform(2, 7)) * rng.standard_normal(image.shape, np.float32)
     return np.clip(np.round(image), 0, 255).astype(np.uint8)
 
 
@@ -538,6 +538,8 @@ def is_up_to_date(out, args):
 
 def claim_output_dir(out):
     """Refuse a non-empty folder we did not create; otherwise invalidate its meta.json before rewriting."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out={out}: is a file, expected a folder")
     ours = (out / "meta.json").exists() or (out / IN_PROGRESS_MARKER).exists()
     if out.is_dir() and any(out.iterdir()) and not ours:
         raise UserError(f"--out={out}: folder is not empty and holds no demo dataset (no meta.json), "
@@ -546,6 +548,8 @@ def claim_output_dir(out):
         (out / sub).mkdir(parents=True, exist_ok=True)
     (out / IN_PROGRESS_MARKER).touch()
     (out / "meta.json").unlink(missing_ok=True)
+    for leftover in out.rglob(".*.tmp"):  # temporaries of an interrupted run
+        leftover.unlink()
 
 
 def remove_stale_samples(out, ids):

@@ -4,20 +4,19 @@
 (numpy, (1, C, h, w), at the input size; 'proto' only when the model has a prototype head).
 
 Compile strategy (`--strategy`). Every strategy computes the same numbers (bit-identical logits, checked in
-tests/test_eval.py); they differ only in speed and memory. Measured on this 2-core CPU with ResNet-101
-DeepLabv3+ and its prototype head at 375x500 (seconds per forward, steady state; the machine was shared, so
-the ratios matter more than the absolute values):
+tests/test_eval.py); they differ only in speed and memory. Measured with ResNet-101 DeepLabv3+ and its
+prototype head at 375x500 on a shared 2-core CPU (steady state per forward; the first forward at a new shape
+also pays for kernel set-up, in every strategy and in PyTorch):
 
-| strategy | per image | compile | memory |
+| strategy | time per forward | compile | memory |
 |---|---|---|---|
-| `static` (default): `ms.jit`, one graph per exact input shape | 8.9 | 7-17 s per new shape | ~2 GB per cached shape |
-| dynamic-shape graph (`set_inputs` with H, W = None) | 11.4 | ~50 s, once | flat |
-| `pynative`: op by op | 14-17 | none | flat |
-| PyTorch eager (reference) | 14-17 | none | |
+| `static` (default): `ms.jit`, one graph per exact input shape | 1.0 (4.5 s at low load) | ~5-10 s per new shape | ~2 GB per kept shape |
+| dynamic-shape graph (`set_inputs` with H, W = None) | 1.3 | ~50 s, once | flat |
+| `pynative`: op by op | 1.6-2.2 | none | flat |
 
 So `static` is the default. Its two costs are handled by the caller's order and a bounded cache:
 - the evaluation visits images grouped by size (the dataset mIoU is a sum of per-image counts, so order does
-  not change it), so each size is compiled once; VOC val has few frequent sizes;
+  not change it), so each distinct size is compiled once;
 - at most `max_cached_shapes` compiled shapes are kept (default: the number of shapes one image needs, i.e. its
   scales); a new shape beyond that drops all compiled graphs first (`mindspore.ms_memory_recycle`, which is
   process-wide), so memory stays bounded over hundreds of VOC sizes. Sliding-window and centre-crop protocols
@@ -28,22 +27,14 @@ cannot take dynamic dims). Padding images to a few bucket sizes was rejected: ze
 (ASPP's image pooling averages the padding in, and convolutions see it at the borders), so results would differ
 from the upstream protocol.
 
-CPU kernels: on CPUs with AVX-512, oneDNN 3.10 (inside MindSpore 2.10) runs MindSpore's NCHW convolutions
-with a reference kernel (`jit_uni_ncsp:conv+ref:any`), about 100x slower than its AVX2 GEMM kernel
-(5 s vs 35 ms for a 64->64 3x3 conv at 129x129). `use_fast_cpu_convolutions` caps oneDNN at AVX2 unless the
-user set ONEDNN_MAX_CPU_ISA; it must run before the process's first convolution.
+CPU kernels: importing ms_semiseg caps oneDNN at AVX2 (see ms_semiseg/__init__.py); without it, MindSpore's
+NCHW convolutions run a reference kernel on AVX-512 CPUs and every number above is ~100x worse. Even so, a
+MindSpore CPU convolution (oneDNN's AVX2 im2col GEMM; MindSpore's CPU Conv2d has no NHWC mode) takes about 2x
+as long as PyTorch's here, so PyTorch eager is faster on this CPU: see bench/eval_speed.py.
 """
-import os
-
 import numpy as np
 
 STRATEGIES = ("static", "pynative")
-ONEDNN_ISA_VARIABLE = "ONEDNN_MAX_CPU_ISA"
-
-
-def use_fast_cpu_convolutions():
-    """Caps oneDNN at AVX2 (see the module docstring) unless the user chose an ISA; returns the value in force."""
-    return os.environ.setdefault(ONEDNN_ISA_VARIABLE, "AVX2")
 
 
 def set_cpu_threads(threads):
@@ -59,8 +50,6 @@ def prepare_device(device=None, threads=None):
     if threads is not None and threads < 1:
         raise UserError(f"--threads {threads}: expected a positive number of CPU threads")
     device = set_device(device)
-    if device == "CPU":
-        use_fast_cpu_convolutions()
     if threads:
         set_cpu_threads(threads)
     return device

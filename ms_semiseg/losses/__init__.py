@@ -1,6 +1,7 @@
 """Training losses (graph-compilable): supervised CE/OHEM, unsupervised L_u variants, prototype loss."""
 
-from ms_semiseg.losses.ohem import build_criterion, cross_entropy, ohem_cross_entropy, supervised_loss
+from ms_semiseg.losses.ohem import (build_criterion, cross_entropy, ohem_cross_entropy, supervised_criterion,
+                                     supervised_loss)
 from ms_semiseg.losses.proto import proto_cross_entropy
 from ms_semiseg.losses.unsupervised import (
     confidence_unsup_loss,
@@ -18,5 +19,6 @@ __all__ = [
     "masked_percentile",
     "ohem_cross_entropy",
     "proto_cross_entropy",
+    "supervised_criterion",
     "supervised_loss",
 ]

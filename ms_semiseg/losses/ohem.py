@@ -79,43 +79,82 @@ def ohem_cross_entropy(logits, target, thresh=0.7, min_kept=100000, ignore_index
     return masked_mean(pixel_nll(logits, safe_target), keep)
 
 
-def _criterion_kwargs(kwargs, allowed):
-    """Check the `criterion.kwargs` keys against `allowed` (a dict of defaults) and fill in the defaults."""
+def _criterion_kwargs(kwargs, allowed, section="criterion"):
+    """Check the `<section>.kwargs` keys against `allowed` (a dict of defaults) and fill in the defaults."""
     kwargs = dict(kwargs or {})
     for key in kwargs:
         if key not in allowed:
-            raise UserError(f"criterion.kwargs.{key}: unknown option, expected one of {sorted(allowed) or 'none'}")
+            raise UserError(f"{section}.kwargs.{key}: unknown option, expected one of {sorted(allowed) or 'none'}")
     return {**allowed, **kwargs}
 
 
-def _check_ohem_kwargs(thresh, min_kept):
+def _check_ohem_kwargs(thresh, min_kept, section="criterion"):
     if isinstance(thresh, bool) or not isinstance(thresh, (int, float)) or not 0.0 <= thresh <= 1.0:
-        raise UserError(f"criterion.kwargs.thresh: {thresh!r} is invalid, expected a number in [0, 1]")
+        raise UserError(f"{section}.kwargs.thresh: {thresh!r} is invalid, expected a number in [0, 1]")
     if isinstance(min_kept, bool) or not isinstance(min_kept, int) or min_kept < 0:
-        raise UserError(f"criterion.kwargs.min_kept: {min_kept!r} is invalid, expected an integer >= 0")
+        raise UserError(f"{section}.kwargs.min_kept: {min_kept!r} is invalid, expected an integer >= 0")
 
 
-def build_criterion(criterion_cfg, ignore_index=IGNORE_INDEX):
-    """Callable `(logits, target) -> scalar` from the upstream `criterion:` section (`type: ohem` or `CELoss`)."""
-    criterion_cfg = criterion_cfg or {}
+def _criterion_weight(criterion_cfg, section):
+    weight = criterion_cfg.get("weight", 1.0)
+    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or weight < 0:
+        raise UserError(f"{section}.weight: {weight!r} is invalid, expected a number >= 0")
+    return float(weight)
+
+
+def _unweighted_criterion(criterion_cfg, ignore_index, section):
     loss_type = criterion_cfg.get("type")
     if loss_type == "ohem":
-        options = _criterion_kwargs(criterion_cfg.get("kwargs"), _OHEM_DEFAULTS)
+        options = _criterion_kwargs(criterion_cfg.get("kwargs"), _OHEM_DEFAULTS, section)
         thresh, min_kept = options["thresh"], options["min_kept"]
-        _check_ohem_kwargs(thresh, min_kept)
+        _check_ohem_kwargs(thresh, min_kept, section)
 
         def criterion(logits, target):
             return ohem_cross_entropy(logits, target, thresh, min_kept, ignore_index)
 
         return criterion
     if loss_type == "CELoss":
-        _criterion_kwargs(criterion_cfg.get("kwargs"), {})
+        _criterion_kwargs(criterion_cfg.get("kwargs"), {}, section)
 
         def criterion(logits, target):
             return cross_entropy(logits, target, ignore_index)
 
         return criterion
-    raise UserError(f"criterion.type: {loss_type!r} is not supported, expected 'ohem' or 'CELoss'")
+    raise UserError(f"{section}.type: {loss_type!r} is not supported, expected 'ohem' or 'CELoss'")
+
+
+def build_criterion(criterion_cfg, ignore_index=IGNORE_INDEX, section="criterion"):
+    """Callable `(logits, target) -> scalar` from an upstream criterion section (`type: ohem` or `CELoss`), times
+    the section's `weight` when it has one (BRPG's schema; default 1). `section` names it in error messages."""
+    criterion_cfg = criterion_cfg or {}
+    criterion = _unweighted_criterion(criterion_cfg, ignore_index, section)
+    weight = _criterion_weight(criterion_cfg, section)
+    if weight == 1.0:
+        return criterion
+
+    def weighted(logits, target):
+        return weight * criterion(logits, target)
+
+    return weighted
+
+
+SECOND_CRITERION = "criterion_2"
+
+
+def supervised_criterion(cfg, ignore_index=IGNORE_INDEX):
+    """The config's supervised criterion: `criterion` plus, when the config has one, BRPG's `criterion_2`
+    section, each times its `weight`. BRPG trains with 0.5 * CE + 0.5 * OHEM this way; with an auxiliary head,
+    each criterion also scores the aux logits (upstream passes [pred, aux] to both), which `supervised_loss`
+    reproduces because the sum is linear."""
+    first = build_criterion(cfg.get("criterion"), ignore_index)
+    if cfg.get(SECOND_CRITERION) is None:
+        return first
+    second = build_criterion(cfg[SECOND_CRITERION], ignore_index, section=SECOND_CRITERION)
+
+    def criterion(logits, target):
+        return first(logits, target) + second(logits, target)
+
+    return criterion
 
 
 def upsample_to(logits, size):

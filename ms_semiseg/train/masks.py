@@ -178,11 +178,17 @@ def load_dropout_masks(cells, masks):
         cell.keep_mask.set_data(Tensor(mask))
 
 
-def dropout_keep_masks(rng, cells):
-    """One float32 mask per HostMaskDropout2d: Bernoulli(1 - p) / (1 - p), as torch's Dropout2d scales."""
+def dropout_keep_masks(rng, cells, shard=None):
+    """One float32 mask per HostMaskDropout2d: Bernoulli(1 - p) / (1 - p), as torch's Dropout2d scales.
+
+    shard (data parallel): `rows -> (global rows, this device's row indices)`; the masks are drawn for the global
+    batch and each device keeps its rows, so devices drop different channels and together draw what one device
+    running the global batch would."""
     masks = []
     for cell in cells:
         keep = 1.0 - cell.p
-        draw = rng.random(cell.keep_mask.shape) < keep
-        masks.append((draw / keep if keep > 0 else np.zeros(cell.keep_mask.shape)).astype(np.float32))
+        rows, picked = (cell.keep_mask.shape[0], None) if shard is None else shard(cell.keep_mask.shape[0])
+        shape = (rows,) + tuple(cell.keep_mask.shape[1:])
+        mask = (rng.random(shape) < keep) / keep if keep > 0 else np.zeros(shape)
+        masks.append((mask if picked is None else mask[picked]).astype(np.float32))
     return masks

@@ -2,8 +2,8 @@
 
 `last.ckpt` holds, under structural names: `student.*` and `teacher.*` (all parameters: weights, BatchNorm
 statistics, the prototype bank), `optimizer.*` (momentum buffers, the global step that indexes the LR lists),
-`optimizer_flag.*` (SGD's first-step flags, one scalar each) and a JSON string `train_state` (position, seed,
-best mIoU, history). Dropout keep masks are per-step inputs and are not saved. Writes are atomic (temp file +
+`optimizer_flag.*` (SGD's first-step flags, one scalar each), `extra.*` (state outside the models: BRPG's
+`extra.brpg.*` queues and prototypes) and a JSON string `train_state` (position, seed, best mIoU, history). Dropout keep masks are per-step inputs and are not saved. Writes are atomic (temp file +
 rename), so a kill leaves the previous checkpoint intact.
 """
 import json
@@ -19,6 +19,7 @@ from .optim import optimizer_flags, optimizer_state
 STATE_KEY = "train_state"
 OPTIMIZER_PREFIX = "optimizer."
 FLAG_PREFIX = "optimizer_flag."
+EXTRA_PREFIX = "extra."
 FORMAT_VERSION = 1
 
 
@@ -39,12 +40,16 @@ def training_params(pair, optimizer):
     return params
 
 
-def save_training_state(path, pair, optimizer, meta):
-    """Atomic `last.ckpt`: every parameter of the pair, the optimizer state and `meta` (a JSON-able dict)."""
+def save_training_state(path, pair, optimizer, meta, extra=None):
+    """Atomic `last.ckpt`: every parameter of the pair, the optimizer state and `meta` (a JSON-able dict).
+
+    extra: {name: numpy array} of training state outside the models (BRPG's queues and prototypes), stored as
+    `extra.<name>`; zero-size arrays are not stored (MindSpore drops them)."""
     meta = dict(meta, format_version=FORMAT_VERSION)
     entries = dict(training_params(pair, optimizer))
     for name, flag in optimizer_flags(optimizer).items():
         entries[FLAG_PREFIX + name] = _uniform_value(name, flag.asnumpy())
+    entries.update({EXTRA_PREFIX + name: value for name, value in (extra or {}).items()})
     save_params_atomic(entries, path, append_dict={STATE_KEY: json.dumps(meta)})
 
 
@@ -59,15 +64,19 @@ def save_model(path, cell, prefix=""):
     save_params_atomic(model_params(cell, prefix), path)
 
 
-def load_training_state(path, pair, optimizer):
+def load_training_state(path, pair, optimizer, load_extra=None):
     """Restores a `last.ckpt` written by `save_training_state` into pair and optimizer; returns the meta dict.
 
     Every saved tensor must match a parameter of the run by name, shape and dtype (a changed config is an error
-    naming what differs)."""
+    naming what differs). load_extra: called with the saved `extra` arrays ({name: numpy array}, {} when none)
+    before anything is restored; without it, a checkpoint holding extra state does not match the run."""
     saved = read_checkpoint(path)
     raw_meta = saved.pop(STATE_KEY, None)
     if not isinstance(raw_meta, str):
         raise UserError(f"{path}: no {STATE_KEY} entry, expected a last.ckpt written by `ms_semiseg train`")
+    if load_extra is not None:
+        load_extra({name[len(EXTRA_PREFIX):]: saved.pop(name).asnumpy() for name in list(saved)
+                    if name.startswith(EXTRA_PREFIX)})
     targets = training_params(pair, optimizer)
     flags = {FLAG_PREFIX + name: param for name, param in optimizer_flags(optimizer).items()}
     _check_same_names(path, saved, {**targets, **flags})

@@ -19,6 +19,7 @@ from ..losses import (confidence_unsup_loss, entropy_drop_unsup_loss, proto_cros
                       supervised_loss)
 from ..losses.ohem import IGNORE_INDEX, upsample_to
 from ..models.builder import inference_heads
+from .distributed import gradient_reducer, rank_mean, rank_sum
 from .masks import box_keep_mask, gather_pixels, mix_with_next, sample_bilinear_align_corners
 
 ENTROPY_DROP, CONFIDENCE = "entropy_drop", "confidence"
@@ -77,6 +78,9 @@ class _TrainStep(_Wrapper):
         self.teacher = pair.teacher if pair.has_teacher else None
         self.optimizer = optimizer
         self.weights = optimizer.parameters
+        # data parallel (identities on one device): gradients and logged losses averaged over ranks
+        self.grad_reducer = gradient_reducer(self.weights)
+        self.rank_mean = rank_mean()
         self.criterion = criterion
         self.aux_weight = settings.aux_weight
 
@@ -100,12 +104,13 @@ class SupervisedStep(_TrainStep):
 
     def construct(self, image_l, label_l):
         loss, grads = ms.value_and_grad(self.student_loss, None, self.weights)(image_l, label_l)
+        grads = self.grad_reducer(grads)
         loss = ops.depend(loss, self.optimizer(grads))
         if self.teacher is not None:
             teacher_pred = ops.stop_gradient(self.teacher(image_l)[0])
             loss = ops.depend(loss, teacher_pred)
         zero = ops.zeros_like(loss)
-        return ops.stack((loss, loss, zero, zero))
+        return self.rank_mean(ops.stack((loss, loss, zero, zero)))
 
 
 class TeacherPseudoLabels(_Wrapper):
@@ -122,8 +127,10 @@ class TeacherPseudoLabels(_Wrapper):
         return self(image_u)
 
     def construct(self, image_u):
-        pred = upsample_to(self.teacher(image_u)[0], image_u.shape[2:])
-        label, confidence = self.argmax(ops.softmax(pred, axis=1))
+        return self.pseudo_labels(self.teacher(image_u)[0], image_u.shape[2:])
+
+    def pseudo_labels(self, pred, size):
+        label, confidence = self.argmax(ops.softmax(upsample_to(pred, size), axis=1))
         return label.astype(ms.int32), confidence
 
 
@@ -140,8 +147,9 @@ def proto_targets(label_l, pseudo_u, conf_u, coords, thresh):
 class SemiStep(_TrainStep):
     """One semi-supervised iteration (spec B.6 steps 2-10, C.3-C.4):
 
-    construct(image_l, label_l, image_u, pseudo_u, conf_u, boxes, coords, drop_percent, ema_decay)
-    -> float32 [total, sup, unsup, proto].
+    construct(image_l, label_l, image_u, pseudo_u, conf_u, boxes, coords, drop_percent, ema_decay, extra=())
+    -> float32 [total, sup, unsup, proto]. `extra` (an `ms.mutable` tuple) carries a subclass's own step inputs
+    (BRPG: `brpg_step.BRPGSemiStep`, which also overrides `update_state` and `step_outputs`).
 
     `pseudo_u`/`conf_u` come from `TeacherPseudoLabels` on the weak view; `boxes` (B,4) are the CutMix boxes
     (empty = unmixed), `coords` (N,2) the patch-select pixels. The prototype bank is updated from the student's
@@ -153,6 +161,7 @@ class SemiStep(_TrainStep):
         self.ema = ema
         self.use_proto = use_proto
         self.proto_update = use_proto and settings.proto_update
+        self.rank_sum = rank_sum()  # prototype sums/counts over ranks (identity on one device)
         self.entropy_drop = settings.unsup_type == ENTROPY_DROP
         self.unsup_weight = settings.unsup_weight
         self.proto_weight = settings.proto_weight
@@ -163,16 +172,21 @@ class SemiStep(_TrainStep):
             return entropy_drop_unsup_loss(pred_u, teacher_logits_u, pseudo_u, drop_percent)
         return confidence_unsup_loss(pred_u, pseudo_u, conf_u, self.confid_thresh)
 
-    def student_loss(self, image_all, label_l, pseudo_u, conf_u, teacher_logits_u, coords, drop_percent):
-        pred, aux, _, rep_clf = self.student(image_all)
+    def base_losses(self, pred, aux, label_l, pseudo_u, conf_u, teacher_logits_u, drop_percent):
+        """(L_sup + lambda_u * L_u, L_sup, L_u) of the student's outputs on cat(labeled, mixed unlabeled)."""
         num_labeled = label_l.shape[0]
-        size = label_l.shape[1:]
         sup = self.supervised(pred[:num_labeled], None if aux is None else aux[:num_labeled], label_l)
-        pred_u = upsample_to(pred[num_labeled:], size)
+        pred_u = upsample_to(pred[num_labeled:], label_l.shape[1:])
         unsup = self.unsupervised(pred_u, teacher_logits_u, pseudo_u, conf_u, drop_percent)
-        total = sup + self.unsup_weight * unsup
+        return sup + self.unsup_weight * unsup, sup, unsup
+
+    def student_loss(self, image_all, label_l, pseudo_u, conf_u, teacher_logits_u, coords, drop_percent, extra=()):
+        """`extra`: more step inputs for subclasses (BRPG's), unused here."""
+        pred, aux, _, rep_clf = self.student(image_all)
+        total, sup, unsup = self.base_losses(pred, aux, label_l, pseudo_u, conf_u, teacher_logits_u, drop_percent)
         if not self.use_proto:
             return total, (sup, unsup, ops.zeros_like(sup))
+        size = label_l.shape[1:]
         feats = sample_bilinear_align_corners(rep_clf, coords, size)
         feats = feats.reshape(-1, feats.shape[-1])
         logits, match_index = self.student.proto_net(feats)
@@ -183,9 +197,22 @@ class SemiStep(_TrainStep):
     def update_prototypes(self, feats, target, match_index, after):
         proto_net = self.student.proto_net
         sums, counts = proto_net.update_statistics(feats, target, target != IGNORE_INDEX, match_index)
+        sums, counts = self.rank_sum(sums), self.rank_sum(counts)  # the global batch's statistics
         return proto_net.momentum_update(ops.depend(sums, after), counts)
 
-    def construct(self, image_l, label_l, image_u, pseudo_u, conf_u, boxes, coords, drop_percent, ema_decay):
+    def update_state(self, parts, after):
+        """Writes of step state other than the weights and the teacher (PCR: the prototype bank), ordered after
+        `after` (the gradients); subclasses replace it."""
+        if self.proto_update:
+            return self.update_prototypes(parts[3], parts[4], parts[5], after)
+        return after
+
+    def step_outputs(self, losses, parts):
+        """The step's result: the loss vector here; subclasses add outputs taken from `parts`."""
+        return losses
+
+    def construct(self, image_l, label_l, image_u, pseudo_u, conf_u, boxes, coords, drop_percent, ema_decay,
+                  extra=()):
         keep = box_keep_mask(boxes, image_u.shape[2], image_u.shape[3])
         image_all = ops.concat((image_l, mix_with_next(image_u, keep)), axis=0)
         pseudo_u, conf_u = mix_with_next(pseudo_u, keep), mix_with_next(conf_u, keep)
@@ -193,13 +220,13 @@ class SemiStep(_TrainStep):
         teacher_logits_u = upsample_to(teacher_pred[label_l.shape[0]:], label_l.shape[1:])
         grad_fn = ms.value_and_grad(self.student_loss, None, self.weights, has_aux=True)
         (total, parts), grads = grad_fn(image_all, label_l, pseudo_u, conf_u, teacher_logits_u, coords,
-                                        drop_percent)
+                                        drop_percent, extra)
         # the EMA writes teacher weights: after the teacher forward has read them (its logits may be unused)
+        grads = self.grad_reducer(grads)
         updated = ops.depend(self.optimizer(grads), teacher_pred)
-        if self.proto_update:
-            updated = ops.depend(updated, self.update_prototypes(parts[3], parts[4], parts[5], grads))
+        updated = ops.depend(updated, self.update_state(parts, grads))
         total = ops.depend(total, self.ema(ops.depend(ema_decay, updated)))
-        return ops.stack((total, parts[0], parts[1], parts[2]))
+        return self.step_outputs(self.rank_mean(ops.stack((total, parts[0], parts[1], parts[2]))), parts)
 
 
 class Predictor(_Wrapper):

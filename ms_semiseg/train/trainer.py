@@ -22,6 +22,7 @@ import yaml
 from ..config import get, load_config, net_config, resolve_path
 from ..errors import UserError
 from ..utils.atomic import cleanup_stale_temps, ensure_writable_dir, write_bytes_atomic, write_text_atomic
+from .distributed import context, dump_rank_parameters, is_main_process, main_process_only, sync_replicas
 from .steps import CONFIDENCE, ENTROPY_DROP, LossSettings
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -114,7 +115,7 @@ def loss_settings(cfg):
         proto_update=bool(get(cfg, "net.proto_head.dynamic_update_proto", True)))
 
 
-def plan_from_config(cfg):
+def plan_from_config(cfg, world_size=1):
     from .pipeline import check_train_crop, iterations_per_epoch
     epochs = _number(cfg, "trainer.epochs", None, 1, kind=int)
     sup_only_epoch = _number(cfg, "trainer.sup_only_epoch", 1, 0, kind=int)
@@ -132,7 +133,7 @@ def plan_from_config(cfg):
                                                            kind=int),
         save_interval=_number(cfg, "trainer.save_interval", 0, 0, kind=int),
         eval_on=bool(get(cfg, "trainer.eval_on", True)) and bool(get(cfg, "dataset.val")),
-        iterations=iterations_per_epoch(cfg, batch_size, 1, semi))
+        iterations=iterations_per_epoch(cfg, batch_size, world_size, semi))  # batch_size is per device
 
 
 @dataclass(frozen=True)
@@ -187,17 +188,22 @@ def build_pair(cfg, plan, pretrained=None):
     from ..models import create_model
     from .masks import install_host_dropout
     from .steps import MeanTeacherPair
+    from .distributed import broadcast_parameters, freeze_batch_norm, freeze_bn_requested, use_sync_bn
     net_cfg = net_config(cfg)
-    student = create_model(net_cfg)
+    sync_bn = use_sync_bn(cfg, warn=say)
+    student = create_model(net_cfg, sync_bn=sync_bn)
     if pretrained:
         load_pretrained(student, pretrained)
     max_batch = 2 * plan.batch_size if plan.semi else plan.batch_size
     student_drop = install_host_dropout(student, max_batch)
     teacher, teacher_drop = None, []
     if plan.semi:
-        teacher = create_model(net_cfg)
+        teacher = create_model(net_cfg, sync_bn=sync_bn)
         teacher_drop = install_host_dropout(teacher, max_batch)
     pair = MeanTeacherPair(student, teacher)
+    if freeze_bn_requested(cfg):
+        freeze_batch_norm(pair)
+    broadcast_parameters(pair)  # data parallel: every replica starts from rank 0's weights
     if teacher is not None:
         copy_parameters(*_ema_pairs(pair))
     return pair, student_drop, teacher_drop
@@ -227,6 +233,7 @@ class StepLog:
         self.window_start = time.perf_counter()
         self._rewrite()
 
+    @main_process_only
     def _rewrite(self):
         buffer = io.StringIO()
         writer = csv.DictWriter(buffer, LOG_COLUMNS)
@@ -250,14 +257,18 @@ class StepLog:
         new_rows = [{**info, "loss": float(value[0]), "sup": float(value[1]), "unsup": float(value[2]),
                      "proto": float(value[3]), "images_per_s": round(speed, 3)}
                     for (info, _), value in zip(self.pending[:good], values[:good])]
-        with open(self.path, "a", newline="", encoding="utf-8") as handle:
-            csv.DictWriter(handle, LOG_COLUMNS).writerows(new_rows)
+        self._append(new_rows)
         self.rows.extend(new_rows)
         if good < len(values):  # the rows before the bad step are recorded first
             on_bad_loss(self.pending[good][0], values[good])
         self.pending = []
         self.window_start = time.perf_counter()
         return new_rows[-1]
+
+    @main_process_only
+    def _append(self, rows):
+        with open(self.path, "a", newline="", encoding="utf-8") as handle:
+            csv.DictWriter(handle, LOG_COLUMNS).writerows(rows)
 
 
 def _read_log(path, before_step):
@@ -269,6 +280,7 @@ def _read_log(path, before_step):
                 and int(row["step"]) < before_step]
 
 
+@main_process_only
 def plot_curves(path, rows, history):
     """PNG with the loss components per step and the validation mIoU per epoch."""
     import matplotlib
@@ -304,23 +316,31 @@ class Trainer:
 
     def __init__(self, cfg, plan, files, seed, pretrained=None, data_root=None, resume=False):
         import mindspore as ms
-        from ..losses import build_criterion
+        from ..losses import supervised_criterion
         from .ema import EMAUpdate
         from .optim import build_optimizer
+        from .brpg import brpg_enabled
+        from .brpg_step import BRPGTraining
         from .steps import Predictor, SemiStep, SupervisedStep, TeacherPseudoLabels
         self.cfg, self.plan, self.files, self.seed, self.data_root = cfg, plan, files, seed, data_root
+        self.dist = context()
         ms.set_seed(seed)
         self.pair, self.student_drop, self.teacher_drop = build_pair(cfg, plan, None if resume else pretrained)
         self.optimizer = build_optimizer(cfg, self.pair.student.trainable_params(), plan.total_steps,
                                          model_prefix="student.")
-        criterion = build_criterion(cfg.get("criterion"))
+        criterion = supervised_criterion(cfg)
         self.graphs = {"supervised step": SupervisedStep(self.pair, self.optimizer, criterion, plan.losses),
                        "student eval": Predictor(self.pair.student)}
+        self.brpg = (BRPGTraining(cfg, plan, seed, self.dist.world_size, log=say)
+                     if plan.semi and brpg_enabled(cfg) else None)
         if plan.semi:
             ema = EMAUpdate(*_ema_pairs(self.pair))
-            self.graphs["semi step"] = SemiStep(self.pair, self.optimizer, criterion, plan.losses, ema,
-                                                plan.use_proto)
-            self.graphs["teacher pseudo-labels"] = TeacherPseudoLabels(self.pair.teacher)
+            if self.brpg is None:
+                self.graphs["semi step"] = SemiStep(self.pair, self.optimizer, criterion, plan.losses, ema,
+                                                    plan.use_proto)
+                self.graphs["teacher pseudo-labels"] = TeacherPseudoLabels(self.pair.teacher)
+            else:  # BRPG's prototype loss (trainer.prototype) in place of PCR's head
+                self.graphs.update(self.brpg.graphs(self.pair, self.optimizer, criterion, plan.losses, ema))
             self.graphs["teacher eval"] = Predictor(self.pair.teacher)
         self.compiled = {name: 0 for name in self.graphs}
         self.meta = {"epoch": 0, "iteration": 0, "seed": seed, "best_miou": None, "best_epoch": None,
@@ -343,7 +363,8 @@ class Trainer:
         if not os.path.isfile(self.files.last):
             raise UserError(f"{self.files.last}: no checkpoint to resume from, expected a previous run in "
                             f"{self.files.work_dir} (or drop --resume)")
-        meta = load_training_state(self.files.last, self.pair, self.optimizer)
+        load_extra = None if self.brpg is None else self.brpg.load_checkpoint_arrays
+        meta = load_training_state(self.files.last, self.pair, self.optimizer, load_extra)
         for key in ("total_steps", "iterations_per_epoch", "seed"):
             if meta.get(key) != self.meta[key]:
                 raise UserError(f"{self.files.last}: the run used {key}={meta.get(key)}, this config/seed gives "
@@ -356,7 +377,10 @@ class Trainer:
     def save_checkpoint(self, epoch, iteration):
         from .state import save_training_state
         self.meta.update(epoch=epoch, iteration=iteration)
-        save_training_state(self.files.last, self.pair, self.optimizer, self.meta)
+        sync_replicas(self.pair)  # collective: every rank gets here
+        extra = None if self.brpg is None else self.brpg.checkpoint_arrays()
+        if self.dist.is_main:
+            save_training_state(self.files.last, self.pair, self.optimizer, self.meta, extra)
 
     def _on_bad_loss(self, info, value):
         names = ("total", "sup", "unsup", "proto")
@@ -395,6 +419,7 @@ class Trainer:
 
     def _init_prototypes(self):
         import mindspore as ms
+        from .distributed import broadcast_array
         from .proto_init import init_prototypes, load_proto_pickle, proto_settings, save_proto_pickle
         num_classes, k, dim, _ = proto_settings(self.cfg)
         source = resolve_path(self.cfg, get(self.cfg, "net.proto_head.init_proto_path"))
@@ -414,7 +439,8 @@ class Trainer:
                 self.pair.restore_names()
             say(f"prototypes: k-means (K={k}) on student features of {sum(counts.values())} labeled pixels "
                 f"({time.perf_counter() - start:.0f} s)")
-        save_proto_pickle(self.files.path("prototypes_init.pickle"), bank, num_classes, k)
+        bank = broadcast_array(bank)  # data parallel: rank 0's k-means result on every rank
+        main_process_only(save_proto_pickle)(self.files.path("prototypes_init.pickle"), bank, num_classes, k)
         self.pair.student.proto_net.proto_list.set_data(ms.Tensor(np.asarray(bank, np.float32)))
 
     # --------------------------------------------------------------------------------------------- iterations
@@ -422,7 +448,8 @@ class Trainer:
     def _load_dropout_masks(self, epoch, iteration):
         from .masks import STUDENT_DROPOUT, TEACHER_DROPOUT, dropout_keep_masks, load_dropout_masks, step_rng
         for cells, purpose in ((self.student_drop, STUDENT_DROPOUT), (self.teacher_drop, TEACHER_DROPOUT)):
-            load_dropout_masks(cells, dropout_keep_masks(step_rng(self.seed, epoch, iteration, purpose), cells))
+            load_dropout_masks(cells, dropout_keep_masks(step_rng(self.seed, epoch, iteration, purpose), cells,
+                                                         self.dist.row_shard(self.plan.batch_size)))
 
     def supervised_iteration(self, batch, epoch, iteration):
         from mindspore import Tensor
@@ -436,21 +463,28 @@ class Trainer:
         from .masks import CUTMIX, PATCH_SELECT, cutmix_boxes, patch_select_coords, step_rng
         from .steps import scalar
         plan = self.plan
+        extra = () if self.brpg is None else (self.brpg.step_inputs(epoch, iteration),)  # BRPG clusters when due
         image_u = Tensor(batch["image_u"])
-        pseudo, confidence = self._call("teacher pseudo-labels", image_u)
+        teacher = self._call("teacher pseudo-labels", image_u)
+        pseudo, confidence = teacher[0], teacher[1]
         height, width = plan.crop
         boxes = np.zeros((plan.batch_size, 4), np.int32)
         if plan.cutmix:
-            boxes = cutmix_boxes(step_rng(self.seed, epoch, iteration, CUTMIX), plan.batch_size, height, width)
+            boxes = cutmix_boxes(step_rng(self.seed, epoch, iteration, CUTMIX), plan.batch_size * self.dist.world_size,
+                                 height, width)[self.dist.local_rows(plan.batch_size)]
         coords = np.zeros((1, 2), np.int32)  # unused without the prototype head
         if plan.use_proto:
             coords = patch_select_coords(step_rng(self.seed, epoch, iteration, PATCH_SELECT), height,
                                          plan.granularity)
         decay = ema_decay(self.global_step(epoch, iteration), plan.warmup_steps, plan.ema_decay)
         self._load_dropout_masks(epoch, iteration)
-        return self._call("semi step", Tensor(batch["image_l"]), Tensor(batch["label_l"]), image_u, pseudo,
-                          confidence, Tensor(boxes), Tensor(coords),
-                          scalar(drop_percent_schedule(plan.drop_percent, epoch, plan.epochs)), scalar(decay))
+        outputs = self._call("semi step", Tensor(batch["image_l"]), Tensor(batch["label_l"]), image_u, pseudo,
+                             confidence, Tensor(boxes), Tensor(coords),
+                             scalar(drop_percent_schedule(plan.drop_percent, epoch, plan.epochs)), scalar(decay),
+                             *extra)
+        if self.brpg is None:
+            return outputs
+        return self.brpg.after_step(outputs, teacher, batch["label_l"], epoch, iteration)  # BRPG's CPG sampling
 
     def _lrs(self, step):
         from .optim import decoder_lr_times, optimizer_settings, poly_lr_at
@@ -465,12 +499,13 @@ class Trainer:
         semi = plan.is_semi_epoch(epoch)
         if semi and epoch == plan.sup_only_epoch and start_iteration == 0:
             self.begin_semi_phase()
-        pipeline = build_train_pipeline(self.cfg, self.seed, epoch, plan.batch_size, semi=plan.semi,
+        pipeline = build_train_pipeline(self.cfg, self.seed, epoch, plan.batch_size, self.dist.rank,
+                                        self.dist.world_size, semi=plan.semi,
                                         start_iteration=start_iteration, data_root=self.data_root)
-        images_per_step = plan.batch_size * (2 if semi else 1)
+        images_per_step = plan.batch_size * self.dist.world_size * (2 if semi else 1)
         phase = "semi" if semi else "supervised"
         bar = tqdm(total=plan.iterations, initial=start_iteration, desc=f"epoch {epoch + 1}/{plan.epochs} {phase}",
-                   dynamic_ncols=True, file=sys.stderr, leave=True)
+                   dynamic_ncols=True, file=sys.stderr, leave=True, disable=not self.dist.is_main)
         run_iteration = self.semi_iteration if semi else self.supervised_iteration
         try:  # the bar is closed before any error message is printed
             for iteration, batch in enumerate(pipeline, start=start_iteration):
@@ -506,6 +541,7 @@ class Trainer:
         from mindspore import Tensor
         from ..data.transforms import build_transform, normalize
         from ..eval import IoUAccumulator, center_crop, to_class_map
+        from .distributed import merged_iou
         dataset_cfg = self.cfg["dataset"]
         num_classes = get(self.cfg, "net.num_classes")
         dataset = val_dataset(self.cfg, self.data_root)
@@ -521,12 +557,13 @@ class Trainer:
             return heads
 
         mean, std = dataset_cfg["mean"], dataset_cfg["std"]
-        for index in range(len(dataset)):
+        for index in self.dist.shard(len(dataset)):
             image, label, _ = dataset[index]
             logits, cropped = center_crop(predict, normalize(image, mean, std), label, crop)
             for head, meter in meters.items():
                 if head in logits:
                     meter.update(to_class_map(logits[head]), cropped)
+        meters = {head: merged_iou(meter) for head, meter in meters.items()}  # all ranks' images
         has_proto = self.plan.use_proto and self.plan.is_semi_epoch(epoch)
         return {"miou": meters["pred"].miou(), "proto_miou": meters["proto"].miou() if has_proto else None,
                 "model": "teacher" if self.plan.is_semi_epoch(epoch) else "student"}
@@ -536,6 +573,7 @@ class Trainer:
     def end_epoch(self, epoch):
         from .state import save_model
         record = {"epoch": epoch + 1}
+        sync_replicas(self.pair)  # every rank validates and saves the same model
         model_name = "teacher" if self.plan.is_semi_epoch(epoch) else "student"
         if self.plan.eval_on:
             record.update(self.validate(epoch))
@@ -544,7 +582,7 @@ class Trainer:
                 f"{proto}")
         improved = not self.plan.eval_on or self.meta["best_miou"] is None or record["miou"] > self.meta["best_miou"]
         if improved:
-            save_model(self.files.best, getattr(self.pair, model_name))
+            main_process_only(save_model)(self.files.best, getattr(self.pair, model_name))
             self.meta.update(best_miou=record.get("miou"), best_epoch=epoch + 1)
         self.meta["history"].append(record)
         self.save_checkpoint(epoch + 1, 0)
@@ -559,6 +597,7 @@ class Trainer:
             self.end_epoch(epoch)
             epoch, iteration = epoch + 1, 0
         plot_curves(self.files.path("curves.png"), self.log.rows, self.meta["history"])
+        dump_rank_parameters(self.pair)  # debugging aid (MS_SEMISEG_DUMP_RANKS)
         return self.summary()
 
     def summary(self):
@@ -578,6 +617,7 @@ class Trainer:
         return "\n".join(lines)
 
 
+@main_process_only
 def say(message):
     from tqdm import tqdm
     tqdm.write(message, file=sys.stderr)
@@ -597,6 +637,8 @@ def add_arguments(parser):
                                                                "keeps its own)")
     parser.add_argument("--data-root", help="override dataset.train.data_root and dataset.val.data_root")
     parser.add_argument("--opts", nargs="*", default=[], help="config overrides key=value, e.g. trainer.epochs=1")
+    parser.add_argument("--distributed", action="store_true",
+                        help="data-parallel over the workers of `msrun` (see docs/distributed.md; NPROC=N train.sh)")
 
 
 def _pretrained_path(args, cfg):
@@ -637,14 +679,19 @@ def check_data(cfg, plan, data_root=None):
         val_dataset(cfg, data_root)
 
 
+@main_process_only
 def _save_run_config(cfg, files):
     clean = {k: v for k, v in cfg.items() if not k.startswith("_")}
     write_text_atomic(files.path("config.yaml"), yaml.safe_dump(clean, sort_keys=False))
 
 
 def run(args):
+    from .distributed import requested_world_size
+    from .brpg_step import check_brpg_config
     cfg = load_config(args.config, args.opts)
-    plan = plan_from_config(cfg)
+    world_size = requested_world_size(args.distributed)
+    plan = plan_from_config(cfg, world_size)
+    check_brpg_config(cfg, plan)
     files = RunFiles.from_config(cfg, args.work_dir)
     resume = args.resume or bool(get(cfg, "saver.auto_resume", False) and os.path.isfile(files.last))
     if not resume and os.path.isfile(files.last):
@@ -656,19 +703,27 @@ def run(args):
     check_data(cfg, plan, data_root)
     import mindspore as ms
     from ..device import set_device
+    from .distributed import start as start_data_parallel
+    # msrun's scheduler process runs this command too: it joins the cluster before any file is touched
+    device = start_data_parallel(args.device, world_size).device if args.distributed else set_device(args.device)
     ensure_writable_dir(files.checkpoint_dir, "checkpoint folder")
-    cleanup_stale_temps(files.checkpoint_dir)
-    cleanup_stale_temps(files.work_dir)
-    device = set_device(args.device)
+    if is_main_process():  # another rank could delete rank 0's temporary files while it writes them
+        cleanup_stale_temps(files.checkpoint_dir)
+        cleanup_stale_temps(files.work_dir)
     ms.set_context(mode=ms.GRAPH_MODE)
     _save_run_config(cfg, files)
     method = ("supervised only" if not plan.semi else "mean teacher" + (" + prototypes (PCR)" if plan.use_proto
                                                                        else " (U2PL)"))
-    say(f"{method} on {device}: {plan.epochs} epochs x {plan.iterations} iterations, batch {plan.batch_size}, "
+    if plan.semi and get(cfg, "trainer.prototype") is not None:
+        method = "mean teacher + BRPG prototype loss (trainer.prototype)"
+    devices = f" x {world_size} devices" if world_size > 1 else ""
+    say(f"{method} on {device}: {plan.epochs} epochs x {plan.iterations} iterations, batch {plan.batch_size}{devices}, "
         f"crop {plan.crop[0]}x{plan.crop[1]}, seed {seed} -> {files.work_dir}")
     if not pretrained and not resume:
         say("note: no --pretrained backbone (nor saver.pretrain): the encoder starts from random weights; U2PL/PCR "
             "start from ImageNet (convert one with `python -m convert pth2ckpt`)")
     trainer = Trainer(cfg, plan, files, seed, pretrained, data_root, resume)
-    print(trainer.fit())
+    summary = trainer.fit()
+    if is_main_process():
+        print(summary)
     return 0

@@ -11,6 +11,9 @@
 #   DATA_ROOT   default: the config's dataset paths (<repo>/data/VOC2012 or <repo>/data/cityscapes)
 #   DEVICE      CPU or GPU; default GPU when MindSpore can use one, else CPU
 #   SEED        default 2 (U2PL's)
+#   NPROC       workers on this machine; NPROC > 1 trains data-parallel under msrun with dataset.batch_size
+#               per worker (several machines: WORKER_NUM, MASTER_ADDR, MASTER_PORT, NODE_RANK; see
+#               docs/distributed.md)
 # Extra arguments go to `python -m ms_semiseg train`, e.g. --resume, --work-dir DIR, --opts trainer.epochs=1.
 set -euo pipefail
 caller_dir="$PWD"
@@ -28,4 +31,5 @@ python="python3"
 [ -x "$root/.venv/bin/python" ] && python="$root/.venv/bin/python"
 export PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}"
 export GLOG_v="${GLOG_v:-3}"
-exec "$python" -m ms_semiseg train "${args[@]}" "$@"
+source "$root/scripts/launch_train.sh"
+launch_train "$python" "${args[@]}" "$@"

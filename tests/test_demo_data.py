@@ -1,0 +1,177 @@
+"""The bundled demo dataset: VOC layout, split partition, label encoding, instance metadata, determinism, CLI."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image
+
+from ms_semiseg.demo.make_data import make_dataset
+from ms_semiseg.errors import UserError
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+NUM_IMAGES, SIZE, NUM_VAL = 40, 64, 8
+NUM_CLASSES = 7
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    root = tmp_path_factory.mktemp("demo")
+    meta = make_dataset(root, num_images=NUM_IMAGES, size=SIZE, seed=0, num_val=NUM_VAL)
+    return root, meta
+
+
+def read_list(root, name):
+    return (root / "splits" / f"{name}.txt").read_text().split()
+
+
+def read_label(root, image_id):
+    return cv2.imread(str(root / "SegmentationClassAug" / f"{image_id}.png"), cv2.IMREAD_UNCHANGED)
+
+
+def all_ids(root):
+    return sorted(p.stem for p in (root / "JPEGImages").glob("*.jpg"))
+
+
+def file_bytes(root):
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_splits_partition_the_ids_with_the_requested_fraction(dataset):
+    root, meta = dataset
+    labeled, unlabeled, val = (read_list(root, name) for name in ("labeled", "unlabeled", "val"))
+    train = set(labeled) | set(unlabeled)
+    assert not set(labeled) & set(unlabeled)
+    assert not train & set(val)
+    assert sorted(train | set(val)) == all_ids(root)
+    assert len(all_ids(root)) == NUM_IMAGES and len(val) == NUM_VAL
+    assert len(labeled) == round((NUM_IMAGES - NUM_VAL) / 16)  # 32 train images -> 2 labeled
+    assert meta["counts"] == {"images": NUM_IMAGES, "train": NUM_IMAGES - NUM_VAL, "labeled": len(labeled),
+                              "unlabeled": len(unlabeled), "val": NUM_VAL}
+    assert json.loads((root / "meta.json").read_text()) == meta
+
+
+def test_voc_layout_and_class_names(dataset):
+    root, meta = dataset
+    class_names = (root / "class_names.txt").read_text().split()
+    assert class_names == meta["classes"] and len(class_names) == NUM_CLASSES and class_names[0] == "background"
+    for image_id in all_ids(root):
+        assert (root / "SegmentationClassAug" / f"{image_id}.png").is_file()
+    assert not list(root.rglob("*.tmp")) and not (root / ".generating").exists()
+
+
+def test_images_are_rgb_and_labels_single_channel_indices(dataset):
+    root, _ = dataset
+    seen = set()
+    for image_id in all_ids(root):
+        with Image.open(root / "JPEGImages" / f"{image_id}.jpg") as image:
+            assert image.mode == "RGB" and image.size == (SIZE, SIZE)
+        with Image.open(root / "SegmentationClassAug" / f"{image_id}.png") as label_file:
+            assert label_file.mode == "L"  # loaders use convert("L"): a palette PNG would corrupt the indices
+        label = read_label(root, image_id)
+        assert label.shape == (SIZE, SIZE) and label.dtype == np.uint8
+        seen |= set(np.unique(label).tolist())
+    assert seen == set(range(NUM_CLASSES)) | {255}  # every class appears, nothing else but ignore
+
+
+def test_class_borders_are_always_separated_by_ignore(dataset):
+    root, _ = dataset
+    for image_id in all_ids(root):
+        label = read_label(root, image_id).astype(int)
+        for a, b in ((label[:, 1:], label[:, :-1]), (label[1:], label[:-1])):
+            touching = (a != b) & (a != 255) & (b != 255)
+            assert not touching.any(), image_id
+
+
+def test_objects_json_matches_labels(dataset):
+    root, meta = dataset
+    objects = json.loads((root / "objects.json").read_text())
+    assert sorted(objects) == all_ids(root)
+    for image_id, records in objects.items():
+        label = read_label(root, image_id)
+        visible = np.zeros(NUM_CLASSES, np.int64)
+        for record in records:
+            assert meta["classes"][record["class_id"]] == record["class"]
+            visible[record["class_id"]] += record["visible_pixels"]
+        counts = np.bincount(label[label != 255], minlength=NUM_CLASSES)
+        np.testing.assert_array_equal(visible[1:], counts[1:], err_msg=image_id)
+
+
+def test_every_class_shows_at_least_two_appearance_modes(dataset):
+    root, meta = dataset
+    objects = json.loads((root / "objects.json").read_text())
+    modes_seen = {name: set() for name in meta["classes"][1:]}
+    for records in objects.values():
+        for record in records:
+            assert record["mode"] in meta["modes"][record["class"]]
+            if record["visible_pixels"]:
+                modes_seen[record["class"]].add(record["mode"])
+    assert all(len(modes) >= 2 for modes in modes_seen.values()), modes_seen
+    assert all(len(modes) >= 2 for modes in meta["modes"].values())
+
+
+def test_same_seed_gives_identical_bytes_and_another_seed_differs(tmp_path):
+    args = dict(num_images=10, size=48, num_val=3)
+    make_dataset(tmp_path / "a", seed=5, **args)
+    make_dataset(tmp_path / "b", seed=5, **args)
+    make_dataset(tmp_path / "c", seed=6, **args)
+    first, second, other = (file_bytes(tmp_path / name) for name in "abc")
+    assert first == second
+    assert first.keys() == other.keys()
+    jpegs = [name for name in first if name.endswith(".jpg")]
+    assert all(first[name] != other[name] for name in jpegs)
+
+
+def test_matching_meta_skips_regeneration_and_new_args_replace_the_dataset(tmp_path):
+    make_dataset(tmp_path, num_images=12, size=40, seed=0, num_val=3)
+    stamp = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.is_file()}
+    make_dataset(tmp_path, num_images=12, size=40, seed=0, num_val=3)
+    assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.is_file()} == stamp
+
+    meta = make_dataset(tmp_path, num_images=8, size=40, seed=0, num_val=3)
+    assert meta["counts"]["images"] == 8 and len(all_ids(tmp_path)) == 8  # stale samples removed
+    assert len(list((tmp_path / "SegmentationClassAug").glob("*.png"))) == 8
+
+
+@pytest.mark.parametrize("kwargs, culprit", [
+    (dict(num_images=10, num_val=9), "--num-images=10"),
+    (dict(num_images=10, size=8), "--size=8"),
+    (dict(num_images=10, labeled_fraction=1.5), "--labeled-fraction=1.5"),
+])
+def test_bad_arguments_raise_user_error_naming_the_culprit(tmp_path, kwargs, culprit):
+    with pytest.raises(UserError, match=culprit):
+        make_dataset(tmp_path, **kwargs)
+
+
+def test_refuses_a_foreign_non_empty_folder(tmp_path):
+    (tmp_path / "notes.txt").write_text("not a demo dataset")
+    with pytest.raises(UserError, match="--out="):
+        make_dataset(tmp_path, num_images=6, size=40, num_val=2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "ms_semiseg.demo.make_data", *args],
+                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+
+
+def test_cli_generates_and_prints_one_summary_line(tmp_path):
+    out = tmp_path / "demo"
+    result = run_cli("--out", str(out), "--num-images", "12", "--size", "40", "--seed", "1", "--num-val", "4",
+                     "--labeled-fraction", "1/4")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.strip().splitlines()
+    assert len(lines) == 1 and str(out) in lines[0] and "2 labeled + 6 unlabeled, val 4" in lines[0]
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["args"] == {"num_images": 12, "size": 40, "seed": 1, "labeled_fraction": 0.25, "num_val": 4}
+
+
+def test_cli_user_error_exits_2_with_one_line(tmp_path):
+    result = run_cli("--out", str(tmp_path / "demo"), "--num-images", "5", "--num-val", "4")
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0 and "--num-images=5" in result.stderr
+    assert "Traceback" not in result.stderr
