@@ -25,8 +25,8 @@ def read_pth(path, state=None):
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch.load raises many types (UnpicklingError, KeyError, EOFError...) on bad files
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
-        raise UserError(f"{path}: not a readable PyTorch checkpoint ({first}), expected a file written by torch.save")
+        raise UserError(f"{path}: not a readable PyTorch checkpoint ({_load_failure(exc)}), expected a file "
+                        "written by torch.save") from None
     if not isinstance(obj, dict) or not obj:
         raise UserError(f"{path}: holds a {type(obj).__name__}, expected a state_dict or a U2PL checkpoint dict")
     entry, tensors = _select_state(obj, state, path)
@@ -35,6 +35,14 @@ def read_pth(path, state=None):
         raise UserError(f"{path}: entry {entry!r} is not a state_dict ({bad[0]!r} is a {type(tensors[bad[0]]).__name__}),"
                         f" expected tensors; choose another with --state")
     return {k: v.detach().cpu().numpy() for k, v in strip_module(tensors).items()}, entry
+
+
+def _load_failure(exc):
+    text = str(exc).strip()
+    if text.startswith("Weights only load failed"):
+        # torch's text is a long migration note; what matters is that the bytes do not unpickle safely
+        return "its content does not unpickle as tensors"
+    return (text.splitlines() or [type(exc).__name__])[0][:120]
 
 
 def _select_state(obj, state, path):

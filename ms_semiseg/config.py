@@ -153,6 +153,12 @@ _MISSING = object()
 
 
 def net_config(cfg):
+    """The `net:` section, checked (types, encoder/decoder keys) with errors naming the config file."""
+    from .models.builder import validate_net_config
     require(cfg, {"net": dict})
     require(cfg, NET_SCHEMA)
+    try:
+        validate_net_config(cfg["net"])
+    except UserError as exc:
+        raise UserError(f"{cfg.get('_config_path', 'config')}: {exc}") from None
     return copy.deepcopy(cfg["net"])

@@ -7,6 +7,7 @@
 #   MASTER_PORT      its msrun scheduler port (default: a free port; required with several machines)
 #   NODE_RANK        this machine's rank, 0..machines-1 (default 0)
 #   MSRUN_LOG_DIR    worker and scheduler logs (default <repo>/outputs/msrun/<dataset>_<split>_<method>)
+#   MSRUN            the msrun executable (default: the one beside PYTHON, else msrun on PATH)
 # dataset.batch_size stays per device: N workers train with a global batch N times as large.
 
 _LAUNCH_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -36,11 +37,11 @@ launch_train() {
   here="$(pwd)"
   experiment="$(basename "$(dirname "$(dirname "$here")")")_$(basename "$(dirname "$here")")_$(basename "$here")"
   local log_dir="${MSRUN_LOG_DIR:-$_LAUNCH_ROOT/outputs/msrun/$experiment}"
-  local msrun="msrun"
+  local msrun="${MSRUN:-msrun}"
   # msrun starts each worker as `python3 ...` from PATH: put the chosen interpreter's folder first
   case "$python" in
     */*) export PATH="$(cd "$(dirname "$python")" && pwd):$PATH"
-         [ -x "$(dirname "$python")/msrun" ] && msrun="$(dirname "$python")/msrun" ;;
+         [ -z "${MSRUN:-}" ] && [ -x "$(dirname "$python")/msrun" ] && msrun="$(dirname "$python")/msrun" ;;
   esac
   echo "msrun: $local_workers of $workers workers on this machine (node rank ${NODE_RANK:-0}), scheduler" \
        "${MASTER_ADDR:-127.0.0.1}:$port, logs in $log_dir" >&2

@@ -195,14 +195,14 @@ def main():
     import tempfile
     root = tempfile.mkdtemp(prefix="bad_inputs_")
     ws = build_workspace(root)
-    print("| # | bad input | command | what the user sees (exit code 2) |")
+    print("| # | bad input | command | what the user sees |")
     print("| --- | --- | --- | --- |")
     for number, (case_id, what, _, _) in enumerate(CASES, 1):
         result = run_case(ws, case_id, os.path.join(root, case_id))
         line = (result.stderr.strip().splitlines() or ["(nothing)"])[-1].replace(root, "…").replace("|", "\\|")
-        command = "convert" if "pth" in case_id else ("train" if case_id in ("crop_not_square", "resume_nothing")
-                                                      else "eval")
-        print(f"| {number} | {what} | {command} | `{line}` (exit {result.returncode}) |")
+        argv = build_case(ws, case_id, os.path.join(root, case_id + "_argv"))
+        command = f"{argv[0]} {argv[1]}"
+        print(f"| {number} | {what} | `{command}` | `{line}` (exit {result.returncode}) |")
     shutil.rmtree(root, ignore_errors=True)
 
 

@@ -24,6 +24,22 @@ def tiny_run(tmp_path_factory):
     'B' killed with SIGKILL inside the first semi-supervised epoch (the resume test continues it), and 'nan'
     (a learning rate that overflows)."""
     root = tmp_path_factory.mktemp("train")
+    config, cfg = make_tiny_config(root)
+    runs = {"A": start_training(config, root, "A"),
+            "B": start_training(config, root, "B"),
+            # supervised only (sup_only_epoch >= epochs), checkpoint after every iteration, weights overflow
+            "nan": start_training(config, root, "nan", "--opts", "trainer.optimizer.kwargs.lr=1.0e+30",
+                                  "trainer.epochs=1", "trainer.save_interval=1")}
+    killed_at = kill_after_step(runs["B"], root / "B", ITERATIONS + 1)
+    for process in runs.values():
+        process.wait(timeout=900)
+    outputs = {name: (runs[name].returncode, (root / f"{name}.out").read_text(), (root / f"{name}.err").read_text())
+               for name in runs}
+    return {"config": config, "root": root, "work": root / "A", "cfg": cfg, "killed_at": killed_at, "runs": outputs}
+
+
+def make_tiny_config(root):
+    """The tiny PCR config of these tests (also used by tests/test_faults.py): returns (path, dict)."""
     sizes = {sample: (36 + 3 * (k % 3), 44 - 2 * (k % 4)) for k, sample in enumerate(IDS)}
     data = make_voc_fixture(str(root / "voc"), sizes, lists={"labeled": IDS[:4], "unlabeled": IDS[4:], "val": IDS[:3]})
     cfg = tiny_config()
@@ -38,17 +54,7 @@ def tiny_run(tmp_path_factory):
     cfg["net"]["proto_head"]["select_granularity"] = 4
     cfg["saver"]["main_dir"] = str(root / "default_work_dir")
     config = write_config(cfg, str(root))
-    runs = {"A": start_training(config, root, "A"),
-            "B": start_training(config, root, "B"),
-            # supervised only (sup_only_epoch >= epochs), checkpoint after every iteration, weights overflow
-            "nan": start_training(config, root, "nan", "--opts", "trainer.optimizer.kwargs.lr=1.0e+30",
-                                  "trainer.epochs=1", "trainer.save_interval=1")}
-    killed_at = kill_after_step(runs["B"], root / "B", ITERATIONS + 1)
-    for process in runs.values():
-        process.wait(timeout=900)
-    outputs = {name: (runs[name].returncode, (root / f"{name}.out").read_text(), (root / f"{name}.err").read_text())
-               for name in runs}
-    return {"config": config, "root": root, "work": root / "A", "cfg": cfg, "killed_at": killed_at, "runs": outputs}
+    return config, cfg
 
 
 def start_training(config, root, name, *args):

@@ -23,6 +23,23 @@ def _check_kwargs(section, kwargs, allowed):
         raise UserError(f"net.{section}.kwargs: unknown key(s) {unknown}, expected some of {sorted(allowed)}")
 
 
+def validate_net_config(net_cfg):
+    """Checks the encoder/decoder sections; returns (arch, encoder kwargs, decoder kwargs)."""
+    enc_cfg, dec_cfg = net_cfg["encoder"], net_cfg["decoder"]
+    arch = _short_type(enc_cfg["type"])
+    if arch not in ARCHS:
+        raise UserError(f"net.encoder.type: {enc_cfg['type']!r} is not supported, expected one of {sorted(ARCHS)}")
+    enc_kwargs = dict(enc_cfg.get("kwargs") or {})
+    _check_kwargs("encoder", enc_kwargs, ENCODER_KWARGS)
+    if not enc_kwargs.get("fpn", False):
+        raise UserError("net.encoder.kwargs.fpn: DeepLabv3+ needs the low-level features, expected fpn: True")
+    if _short_type(dec_cfg["type"]) not in DECODER_TYPES:
+        raise UserError(f"net.decoder.type: {dec_cfg['type']!r} is not supported, expected {DECODER_TYPES}")
+    dec_kwargs = dict(dec_cfg.get("kwargs") or {})
+    _check_kwargs("decoder", dec_kwargs, DECODER_KWARGS)
+    return arch, enc_kwargs, dec_kwargs
+
+
 class ModelBuilder(nn.Cell):
     """DeepLabv3+ segmentor. `construct(x)` returns (pred, aux, rep, rep_clf); heads not configured are None.
 
@@ -33,19 +50,7 @@ class ModelBuilder(nn.Cell):
     def __init__(self, net_cfg, sync_bn=False):
         super().__init__()
         self.num_classes = int(net_cfg["num_classes"])
-        enc_cfg, dec_cfg = net_cfg["encoder"], net_cfg["decoder"]
-        arch = _short_type(enc_cfg["type"])
-        if arch not in ARCHS:
-            raise UserError(f"net.encoder.type: {enc_cfg['type']!r} is not supported, expected one of {sorted(ARCHS)}")
-        enc_kwargs = dict(enc_cfg.get("kwargs") or {})
-        _check_kwargs("encoder", enc_kwargs, ENCODER_KWARGS)
-        if not enc_kwargs.get("fpn", False):
-            raise UserError("net.encoder.kwargs.fpn: DeepLabv3+ needs the low-level features, expected fpn: True")
-        if _short_type(dec_cfg["type"]) not in DECODER_TYPES:
-            raise UserError(f"net.decoder.type: {dec_cfg['type']!r} is not supported, expected {DECODER_TYPES}")
-        dec_kwargs = dict(dec_cfg.get("kwargs") or {})
-        _check_kwargs("decoder", dec_kwargs, DECODER_KWARGS)
-
+        arch, enc_kwargs, dec_kwargs = validate_net_config(net_cfg)
         self.encoder = build_resnet(arch, sync_bn=sync_bn, **enc_kwargs)
         proto_cfg = net_cfg.get("proto_head")
         dec_kwargs.setdefault("rep_head", True)  # U2PL's default

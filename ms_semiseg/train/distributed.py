@@ -298,10 +298,12 @@ def _fingerprints(named_params):
 
 
 def check_replicas_agree(cell):
-    """Raises RuntimeError naming the parameters whose bytes differ between ranks (a data-parallel bug)."""
+    """Raises RuntimeError naming the parameters whose bytes differ between ranks (a data-parallel bug); the
+    dropout keep masks (per-step inputs, each rank's rows of the global batch) are left out."""
+    from .masks import is_dropout_mask
     if not _CONTEXT.enabled:
         return
-    named = list(cell.parameters_and_names())
+    named = [(name, param) for name, param in cell.parameters_and_names() if not is_dropout_mask(name)]
     local = _fingerprints(named)
     gathered = ops.AllGather()(Tensor(local[None])).asnumpy()  # (world, n, 2)
     differs = np.any(gathered != gathered[:1], axis=(0, 2))

@@ -363,7 +363,8 @@ class Trainer:
         if not os.path.isfile(self.files.last):
             raise UserError(f"{self.files.last}: no checkpoint to resume from, expected a previous run in "
                             f"{self.files.work_dir} (or drop --resume)")
-        load_extra = None if self.brpg is None else self.brpg.load_checkpoint_arrays
+        load_extra = None if self.brpg is None else (lambda arrays: self.brpg.load_checkpoint_arrays(
+            arrays, self.files.last))
         meta = load_training_state(self.files.last, self.pair, self.optimizer, load_extra)
         for key in ("total_steps", "iterations_per_epoch", "seed"):
             if meta.get(key) != self.meta[key]:
