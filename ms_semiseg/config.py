@@ -16,6 +16,7 @@ OPTIONAL_KEYS = {
     "trainer.log_interval",  # steps between loss fetches / log.csv writes, default 10
     "trainer.save_interval",  # iterations between mid-epoch checkpoints, default 0 (epoch ends only)
     "trainer.freeze_bn",  # BatchNorm uses its moving statistics in training too and keeps them, default false
+    "dataset.train.strong_view",  # unlabeled strong view for the student (BRPG/UniMatch), default false
 }
 
 # Expected types of keys that must be present when a section is used (checked with `require`).

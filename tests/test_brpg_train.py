@@ -1,23 +1,35 @@
 """BRPG inside `python -m ms_semiseg train` (issue 5): a tiny config (ResNet-18, crop 33, 3 classes) runs the
 warm-up, the sampling window, the clustering and the prototype loss; a run stopped after the window resumes across
-the clustering to the uninterrupted weights; BRPG's 0.5 * CE + 0.5 * OHEM criterion; the PCR/BRPG switch."""
+the clustering to the uninterrupted weights; BRPG's 0.5 * CE + 0.5 * OHEM criterion; the PCR/BRPG switch; the
+strong view of the unlabeled images (colour jitter, grayscale, blur)."""
+import colorsys
 import os
 import shutil
 import time
 
+from types import SimpleNamespace
+
+import cv2
+import mindspore as ms
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from mindspore import Tensor
+from mindspore import Tensor, nn
+from PIL import Image
+from scipy.ndimage import gaussian_filter
 
 from fixtures import make_voc_fixture
 from helpers import REPO_ROOT, tiny_config, write_config
-from test_train import last_step_logged, load_params, read_log, start_training, train
+from test_train import last_step_logged, load_params, read_log, start_training
 
 from ms_semiseg.config import load_config
+from ms_semiseg.data.transforms import apply_strong_view, color_jitter, draw_strong_view
 from ms_semiseg.errors import UserError
-from ms_semiseg.losses import supervised_criterion
+from ms_semiseg.losses import build_criterion, supervised_criterion
+from ms_semiseg.models.layers import batch_norm, conv2d
+from ms_semiseg.train import ema, optim
+from ms_semiseg.train.steps import CONFIDENCE, LossSettings, MeanTeacherPair
 from ms_semiseg.train.brpg_step import BRPGTraining, check_brpg_config
 from ms_semiseg.train.trainer import plan_from_config
 
@@ -133,6 +145,101 @@ def test_stopped_after_the_window_resumes_across_the_clustering_to_the_same_weig
         [r[c] for c in columns] for r in read_log(tiny_run["root"] / "A")]
 
 
+# --------------------------------------------------------------------------------------- the compiled step
+
+C, D, B, H = 3, 8, 2, 17  # classes, rep channels, batch, image size
+
+
+class RepSegmentor(nn.Cell):
+    """ModelBuilder's outputs on a few layers: (pred, aux None, rep, rep_clf None), both at stride 2."""
+
+    def __init__(self):
+        super().__init__()
+        self.encoder = nn.SequentialCell([conv2d(3, D, 3, 2, 1), batch_norm(D), nn.ReLU()])
+        self.decoder = nn.SequentialCell([conv2d(D, C, 1, bias=True)])
+        self.representation = nn.SequentialCell([conv2d(D, D, 1, bias=True)])
+
+    def construct(self, x):
+        feat = self.encoder(x)
+        return self.decoder(feat), None, self.representation(feat), None
+
+
+@pytest.fixture
+def graph_mode():
+    ms.set_context(mode=ms.GRAPH_MODE)
+    yield
+    ms.set_context(mode=ms.PYNATIVE_MODE)
+
+
+def clustered_brpg(protos, valid):
+    """BRPGTraining of a small config, restored to a state just after the clustering."""
+    cfg = {"trainer": {"epochs": 6, "sup_only_epoch": 1,
+                       "prototype": {"grid_num": 4, "unsup_sample_num": 40, "pseudo_ramp_start_epoch": None,
+                                     "pseudo_threshold": 0.3, "queue_len": 8}},
+           "dataset": {"train": {"crop": {"size": [H, H]}}}, "net": {"num_classes": C}}
+    brpg = BRPGTraining(cfg, SimpleNamespace(iterations=2, batch_size=B), seed=0, feat_dim=D)
+    brpg.load_checkpoint_arrays({"brpg.clustered": np.array(1, np.int32), "brpg.protos": protos,
+                                 "brpg.proto_valid": valid, "brpg.confidence_ema": np.full(C, 0.8, np.float32)})
+    return brpg
+
+
+def test_semi_step_adds_l_pro_and_moves_the_prototypes_only_in_the_loss_phase(graph_mode):
+    """The compiled BRPG step against its parts run separately on the student's pre-step forward: L_pro in the
+    total, the prototype EMA from the step's own features, the detached labeled outputs; loss_on = 0 leaves
+    both the loss and the prototypes untouched."""
+    ms.set_seed(0)
+    rng = np.random.default_rng(0)
+    pair = MeanTeacherPair(RepSegmentor(), RepSegmentor())
+    teacher_params, student_params = ema.ema_parameter_pairs(pair.student, pair.teacher)
+    for target, source in zip(teacher_params, student_params):
+        target.set_data(Tensor(source.asnumpy()))
+    optimizer = optim.build_sgd(pair.student.trainable_params(), 0.01, 10, 0.9, 1e-4, 0.9, 10, "student.")
+    protos = rng.standard_normal((C, 6, D)).astype(np.float32)
+    valid = np.ones((C, 6), np.float32)
+    valid[1, 2:] = 0.0
+    brpg, reference = clustered_brpg(protos, valid), clustered_brpg(protos, valid)
+    graphs = brpg.graphs(pair, optimizer, build_criterion({"type": "CELoss"}),
+                         LossSettings(aux_weight=0.0, unsup_type=CONFIDENCE, confid_thresh=0.3),
+                         ema.EMAUpdate(teacher_params, student_params))
+    x_l, x_u = (rng.standard_normal((B, 3, H, H)).astype(np.float32) for _ in range(2))
+    y_l = rng.integers(0, C, (B, H, H)).astype(np.int32)
+    y_l[:, :3] = 255
+    teacher = graphs["teacher pseudo-labels"].run(Tensor(x_u))
+    pseudo, conf = teacher[0], teacher[1]
+    pair.teacher.set_train(False)
+    teacher_pred, _, teacher_rep, _ = pair.teacher(Tensor(x_u))
+    np.testing.assert_allclose(teacher[2].asnumpy(), teacher_pred.asnumpy(), atol=1e-6)
+    np.testing.assert_allclose(teacher[3].asnumpy(), teacher_rep.asnumpy(), atol=1e-6)
+    extra = brpg.step_inputs(epoch=2, iteration=0)  # the loss phase (sampling window: epoch 1)
+    grid, noise, threshold, loss_on = extra
+    assert float(loss_on.asnumpy()) == 1.0
+    pair.student.set_train(True)
+    pred, _, rep, _ = pair.student(Tensor(np.concatenate((x_l, x_u))))
+    expected = reference.state.loss_cell(rep[:B], Tensor(y_l), grid, rep[B:], pseudo, conf, noise, threshold)
+    reference.state.ema_update(*expected[1:])
+
+    def step(extra):
+        return graphs["semi step"].run(Tensor(x_l), Tensor(y_l), Tensor(x_u), pseudo, conf,
+                                       Tensor(np.zeros((B, 4), np.int32)), Tensor(np.zeros((1, 2), np.int32)),
+                                       Tensor(100.0, ms.float32), Tensor(0.5, ms.float32), extra)
+
+    losses, rep_l, logits_l = step(extra)
+    losses = losses.asnumpy()
+    assert losses[3] == pytest.approx(float(expected[0].asnumpy()), rel=1e-5) and losses[3] > 0.1
+    assert losses[0] == pytest.approx(losses[1] + losses[2] + losses[3], rel=1e-6)
+    np.testing.assert_allclose(rep_l.asnumpy(), rep[:B].asnumpy(), atol=1e-5)
+    np.testing.assert_allclose(logits_l.asnumpy(), pred[:B].asnumpy(), atol=1e-5)
+    moved = brpg.state.bank.protos.asnumpy()
+    np.testing.assert_allclose(moved, reference.state.bank.protos.asnumpy(), atol=1e-5)
+    assert np.abs(moved - protos).max() > 1e-4
+    off = ms.mutable((grid, noise, threshold, Tensor(0.0, ms.float32)))
+    losses = step(off)[0].asnumpy()
+    assert losses[3] == 0.0 and losses[0] == pytest.approx(losses[1] + losses[2], rel=1e-6)
+    np.testing.assert_array_equal(brpg.state.bank.protos.asnumpy(), moved)
+    np.testing.assert_array_equal(brpg.state.bank.valid.asnumpy(), valid)
+    assert len(graphs["semi step"].compile_cache) == 1
+
+
 # ------------------------------------------------------------------------------------------ config switch
 
 
@@ -217,3 +324,89 @@ def test_criterion_errors_name_the_section(section, value, culprit):
     cfg[section] = value
     with pytest.raises(UserError, match=culprit):
         supervised_criterion(cfg)
+
+
+# ---------------------------------------------------------------------------------- strong view (UniMatch)
+
+
+def smooth_rgb(seed, size=(30, 40)):
+    rng = np.random.default_rng(seed)
+    coarse = rng.integers(0, 256, (5, 5, 3)).astype(np.float32)
+    smooth = cv2.resize(coarse, size[::-1], interpolation=cv2.INTER_LINEAR) + rng.normal(0, 10, size + (3,))
+    return np.clip(smooth, 0, 255).astype(np.uint8)
+
+
+def luma(rgb):
+    """PIL's RGB -> L: ITU-R 601-2 luma, rounded to an integer."""
+    return np.floor(rgb[..., 0] * 0.299 + rgb[..., 1] * 0.587 + rgb[..., 2] * 0.114 + 0.5)
+
+
+def jitter_only(rgb, index, factor):
+    factors = [1.0, 1.0, 1.0, 0.0]
+    factors[index] = factor
+    return color_jitter(Image.fromarray(rgb), tuple(factors), (index,))
+
+
+@pytest.mark.parametrize("index, factor", [(0, 1.3), (1, 0.6), (2, 0.4)])
+def test_colour_jitter_blends_towards_black_mean_grey_and_luma(index, factor):
+    rgb = smooth_rgb(1)
+    image = rgb.astype(np.float64)
+    gray = luma(image)[..., None]
+    degenerate = (np.zeros_like(image), np.full_like(image, int(gray.mean() + 0.5)), gray)[index]
+    expected = np.clip(degenerate + factor * (image - degenerate), 0, 255)
+    actual = np.asarray(jitter_only(rgb, index, factor), np.float64)
+    assert np.abs(actual - expected).max() <= 1.0
+
+
+def test_hue_shift_rotates_the_8_bit_hue():
+    rgb = np.array([[[255, 0, 0], [0, 200, 0], [40, 60, 220], [90, 90, 90]]], np.uint8)
+    factor = -0.3
+    actual = np.asarray(jitter_only(rgb, 3, factor), np.float64)
+    for pixel, result in zip(rgb[0] / 255.0, actual[0]):
+        hue, saturation, value = colorsys.rgb_to_hsv(*pixel)
+        hue_byte = (round(hue * 255) + int(factor * 255)) % 256  # PIL's 8-bit hue, which wraps at 256
+        expected = colorsys.hsv_to_rgb(hue_byte / 255, saturation, value)
+        np.testing.assert_allclose(result, 255 * np.asarray(expected), atol=4)
+
+
+def test_grayscale_and_blur_of_the_strong_view():
+    rgb = smooth_rgb(2)
+    gray = apply_strong_view(rgb, {"jitter": None, "grayscale": True, "blur_sigma": None}).astype(np.float64)
+    assert np.abs(gray - luma(rgb.astype(np.float64))[..., None]).max() <= 1.0
+    blurred = apply_strong_view(rgb, {"jitter": None, "grayscale": False, "blur_sigma": 1.5}).astype(np.float64)
+    reference = np.stack([gaussian_filter(rgb[..., c].astype(np.float64), 1.5) for c in range(3)], axis=-1)
+    # PIL approximates the Gaussian by box blurs; away from the border it stays within ~2 levels
+    assert np.abs(blurred - reference)[4:-4, 4:-4].max() <= 2.5
+    assert np.array_equal(apply_strong_view(rgb, {"jitter": None, "grayscale": False, "blur_sigma": None}), rgb)
+
+
+def test_strong_view_draws_follow_unimatch_probabilities_and_ranges():
+    rng = np.random.default_rng(3)
+    draws = [draw_strong_view(rng) for _ in range(4000)]
+    assert np.mean([d["jitter"] is not None for d in draws]) == pytest.approx(0.8, abs=0.03)
+    assert np.mean([d["grayscale"] for d in draws]) == pytest.approx(0.2, abs=0.03)
+    assert np.mean([d["blur_sigma"] is not None for d in draws]) == pytest.approx(0.5, abs=0.03)
+    factors = np.array([d["jitter"][0] for d in draws if d["jitter"]])
+    assert factors[:, :3].min() >= 0.5 and factors[:, :3].max() <= 1.5 and np.abs(factors[:, 3]).max() <= 0.25
+    assert all(sorted(d["jitter"][1]) == [0, 1, 2, 3] for d in draws if d["jitter"])
+    sigmas = [d["blur_sigma"] for d in draws if d["blur_sigma"] is not None]
+    assert 0.1 <= min(sigmas) and max(sigmas) <= 2.0
+
+
+def test_pipeline_adds_a_reproducible_strong_view_of_the_weak_crop(tmp_path):
+    from ms_semiseg.train.pipeline import build_train_pipeline
+    cfg = tiny_brpg_config(tmp_path)
+    first = next(iter(build_train_pipeline(cfg, 2, 1, 2)))
+    again = next(iter(build_train_pipeline(cfg, 2, 1, 2, num_workers=2)))
+    assert set(first) == {"image_l", "label_l", "image_u", "image_u_strong"}
+    for name in first:
+        np.testing.assert_array_equal(first[name], again[name], err_msg=name)
+    weak, strong = first["image_u"], first["image_u_strong"]
+    assert strong.shape == weak.shape and strong.dtype == np.float32 and not np.allclose(strong, weak, atol=0.1)
+    cfg["dataset"]["train"]["strong_view"] = False
+    plain = next(iter(build_train_pipeline(cfg, 2, 1, 2)))
+    assert set(plain) == {"image_l", "label_l", "image_u"}
+    np.testing.assert_array_equal(plain["image_u"], weak)  # the weak view is unchanged by the option
+    cfg["dataset"]["train"]["strong_view"] = "yes"
+    with pytest.raises(UserError, match="dataset.train.strong_view"):
+        build_train_pipeline(cfg, 2, 1, 2)

@@ -317,7 +317,8 @@ def test_two_workers_match_one_process_of_the_global_batch(runs):
 def test_validation_counts_are_gathered_from_both_ranks(runs):
     """Each rank validates half of the 3 images; the summed counts give the single process's mIoU."""
     from ms_semiseg.train.state import read_meta
-    histories = [read_meta(runs["root"] / name / "checkpoints" / "last.ckpt")["history"] for name in ("eq1", "eq2")]
+    histories = [read_meta(str(runs["root"] / name / "checkpoints" / "last.ckpt"))["history"]
+                 for name in ("eq1", "eq2")]
     assert len(histories[0]) == len(histories[1]) == 2
     for single, gathered in zip(*histories):
         assert gathered["miou"] == pytest.approx(single["miou"], abs=1e-9)

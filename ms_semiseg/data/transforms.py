@@ -267,3 +267,80 @@ def build_transform(dataset_cfg, split):
         crop_size=crop_size,
         crop_mode=crop_mode,
     )
+
+
+# ------------------------------------------------------------------------------------ strong view (UniMatch)
+# BRPG's unlabeled images (UniMatch's recipe): the student sees a strong view of the weak crop, the teacher the
+# weak one: ColorJitter(0.5, 0.5, 0.5, 0.25) with p=0.8, RandomGrayscale(p=0.2), GaussianBlur(sigma ~ U(0.1, 2))
+# with p=0.5. The operations are torchvision's PIL-backend ones (ImageEnhance for brightness / contrast /
+# saturation, an 8-bit HSV hue shift), on the crop quantised to uint8, as upstream works on PIL images.
+
+STRONG_VIEW_KEY = "dataset.train.strong_view"
+JITTER_PROB, GRAYSCALE_PROB, BLUR_PROB = 0.8, 0.2, 0.5
+JITTER_STRENGTH = (0.5, 0.5, 0.5, 0.25)  # brightness, contrast, saturation, hue
+BLUR_SIGMA = (0.1, 2.0)
+
+
+def to_uint8_rgb(image, mean, std):
+    """Inverse of `normalize`: float32 CHW -> HxWx3 uint8 RGB (rounded, clipped)."""
+    rgb = image.transpose(1, 2, 0) * np.asarray(std, np.float32) + np.asarray(mean, np.float32)
+    return np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
+
+
+def adjust_hue(pil_image, factor):
+    """torchvision `adjust_hue` (PIL backend): the 8-bit HSV hue channel shifted by int(factor * 255), wrapping."""
+    from PIL import Image
+    hue, saturation, value = pil_image.convert("HSV").split()
+    shifted = (np.asarray(hue, np.int64) + int(factor * 255)) % 256
+    return Image.merge("HSV", (Image.fromarray(shifted.astype(np.uint8), "L"), saturation, value)).convert("RGB")
+
+
+def color_jitter(pil_image, factors, order):
+    """torchvision ColorJitter with drawn factors (brightness, contrast, saturation, hue) applied in `order`."""
+    from PIL import ImageEnhance
+    operations = (lambda img, f: ImageEnhance.Brightness(img).enhance(f),
+                  lambda img, f: ImageEnhance.Contrast(img).enhance(f),
+                  lambda img, f: ImageEnhance.Color(img).enhance(f),
+                  adjust_hue)
+    for index in order:
+        pil_image = operations[index](pil_image, factors[index])
+    return pil_image
+
+
+def draw_strong_view(rng):
+    """The random choices of one strong view: {'jitter': (factors, order) or None, 'grayscale': bool,
+    'blur_sigma': float or None}; factors ~ U(1 - s, 1 + s) (hue U(-s, s)), order a permutation of the four."""
+    jitter = None
+    if rng.random() < JITTER_PROB:
+        factors = [float(rng.uniform(max(0.0, 1.0 - s), 1.0 + s)) for s in JITTER_STRENGTH[:3]]
+        factors.append(float(rng.uniform(-JITTER_STRENGTH[3], JITTER_STRENGTH[3])))
+        jitter = (tuple(factors), tuple(int(i) for i in rng.permutation(4)))
+    grayscale = bool(rng.random() < GRAYSCALE_PROB)
+    blur_sigma = float(rng.uniform(*BLUR_SIGMA)) if rng.random() < BLUR_PROB else None
+    return {"jitter": jitter, "grayscale": grayscale, "blur_sigma": blur_sigma}
+
+
+def apply_strong_view(rgb, choices):
+    """HxWx3 uint8 RGB -> the strong view described by `draw_strong_view`'s choices (uint8 RGB)."""
+    from PIL import Image, ImageFilter
+    pil_image = Image.fromarray(rgb)
+    if choices["jitter"] is not None:
+        pil_image = color_jitter(pil_image, *choices["jitter"])
+    if choices["grayscale"]:
+        pil_image = pil_image.convert("L").convert("RGB")
+    if choices["blur_sigma"] is not None:
+        pil_image = pil_image.filter(ImageFilter.GaussianBlur(radius=choices["blur_sigma"]))
+    return np.asarray(pil_image, np.uint8)
+
+
+def strong_view(image, mean, std, rng):
+    """Strong view of a normalized float32 CHW crop (the weak view) -> normalized float32 CHW."""
+    return normalize(apply_strong_view(to_uint8_rgb(image, mean, std), draw_strong_view(rng)), mean, std)
+
+
+def strong_view_enabled(dataset_cfg):
+    """`dataset.train.strong_view` (default false): whether the unlabeled stream also yields a strong view."""
+    value = (dataset_cfg.get("train") or {}).get("strong_view", False)
+    if not isinstance(value, bool):
+        raise _config_error(STRONG_VIEW_KEY, value, "true or false")
+    return value

@@ -19,15 +19,18 @@ from mindspore import Tensor, ops
 
 from ..config import get
 from ..errors import UserError
-from ..losses.ohem import IGNORE_INDEX, upsample_to
+from ..losses.ohem import IGNORE_INDEX
 from ..models.decoder import HEAD_PLANES
 from .brpg import BRPGState, brpg_enabled
 from .brpg_settings import SECTION, BRPGSettings
-from .masks import step_rng
+from .distributed import context
 from .steps import SemiStep, TeacherPseudoLabels
 
-# `masks.step_rng` purposes (masks.py uses 0-3); the gap leaves room for the trainer's own
-BRPG_SAMPLING, BRPG_LOSS_PIXELS = 10, 11
+# BRPG's per-step Generators: keys (seed, epoch, iteration, rank, purpose, _RNG_TAG). numpy's SeedSequence
+# ignores trailing zeros, so the non-zero last field keeps them apart from the trainer's and the pipeline's
+# shorter keys (masks.step_rng, pipeline._rng).
+BRPG_SAMPLING, BRPG_LOSS_PIXELS = 0, 1
+_RNG_TAG = 0xB5B6
 CHECKPOINT_PREFIX = "brpg."
 _QUEUE_ARRAYS = ("queue_rows", "queue_ptr", "queue_fill")
 
@@ -91,9 +94,10 @@ class BRPGTraining:
     `step_inputs(e, i)` (clusters first when due) -> the semi step -> `after_step(...)` (CPG enqueue in the
     sampling window). `checkpoint_arrays()` / `load_checkpoint_arrays()` carry the state through last.ckpt."""
 
-    def __init__(self, cfg, plan, seed, world_size=1, log=print):
+    def __init__(self, cfg, plan, seed, world_size=1, log=print, feat_dim=HEAD_PLANES):
         self.plan, self.seed, self.log = plan, seed, log
-        self.state = BRPGState(cfg, get(cfg, "net.num_classes"), HEAD_PLANES, world_size, log)
+        self.rank = context().rank
+        self.state = BRPGState(cfg, get(cfg, "net.num_classes"), feat_dim, world_size, log)
 
     def graphs(self, pair, optimizer, criterion, loss_settings, ema):
         """The trainer's "semi step" and "teacher pseudo-labels" graphs for BRPG."""
@@ -107,9 +111,8 @@ class BRPGTraining:
             self.log(f"BRPG: clustering the sampled features at epoch {epoch + 1}, iteration {iteration + 1}; "
                      "the prototype loss is active from this step")
             state.cluster()
-        rng = step_rng(self.seed, epoch, iteration, BRPG_LOSS_PIXELS)
-        grid, noise_u, threshold = state.step_inputs(rng, epoch, iteration, self.plan.iterations,
-                                                     self.plan.batch_size)
+        grid, noise_u, threshold = state.step_inputs(self._rng(epoch, iteration, BRPG_LOSS_PIXELS), epoch,
+                                                     iteration, self.plan.iterations, self.plan.batch_size)
         loss_on = Tensor(1.0 if state.loss_active(epoch) else 0.0, ms.float32)
         return ms.mutable((grid, noise_u, threshold, loss_on))
 
@@ -119,8 +122,12 @@ class BRPGTraining:
         if self.state.in_sampling_window(epoch):
             _, _, logits_u, rep_u = teacher_outputs
             self.state.enqueue(rep_l, logits_l, label_l, rep_u, logits_u,
-                               step_rng(self.seed, epoch, iteration, BRPG_SAMPLING))
+                               self._rng(epoch, iteration, BRPG_SAMPLING))
         return losses
+
+    def _rng(self, epoch, iteration, purpose):
+        """The noise of one step: replayed by a resumed run; each device draws its own (its images differ)."""
+        return np.random.default_rng([self.seed, epoch, iteration, self.rank, purpose, _RNG_TAG])
 
     # ------------------------------------------------------------------------------------------- checkpoint
 

@@ -15,6 +15,8 @@ Epoch composition (spec B.3, U2PL `voc_dset` / `build_voc_semi_loader`):
   DistributedSampler pads instead of truncating: 656 iterations for VOC-92 at 8x2 where we run 10490 // 16 = 655.)
 - The augmentation of position p draws from numpy Generator(seed, epoch, stream, p), so a batch is the same
   whatever the worker count or scheduling, and a resumed epoch (`start_iteration`) replays the same batches.
+- `dataset.train.strong_view` (BRPG / UniMatch): the unlabeled stream also yields a strong view of each weak
+  crop (colour jitter, grayscale, blur: `transforms.strong_view`), from its own per-position Generator.
 """
 
 import math
@@ -26,11 +28,12 @@ import numpy as np
 
 from ms_semiseg.config import get, resolve_path
 from ms_semiseg.data.datasets import build_dataset, derive_unlabeled_list, read_split_list
-from ms_semiseg.data.transforms import build_transform
+from ms_semiseg.data.transforms import build_transform, strong_view, strong_view_enabled
 from ms_semiseg.errors import UserError
 
 LABELED_STREAM, UNLABELED_STREAM = 0, 1
 _PERMUTATION, _AUGMENTATION = 0, 1
+_STRONG_VIEW_TAG = 0x5770
 DEFAULT_WORKERS = 2  # U2PL's `dataset.workers` default
 # Threads, not processes: on the 2-core CPU box (375x500 JPEG pairs, crop 321, batch 2, 2 workers) threads gave
 # 36-39 pairs/s and processes 28-34 (they pickle the source, start a pool per epoch and copy rows through shared
@@ -143,10 +146,11 @@ def iterations_per_epoch(cfg, batch_size, world_size=1, semi=True):
 class _EpochSource:
     """Random-access source of one epoch: row i is global position start + i (see the module notes)."""
 
-    def __init__(self, labeled, unlabeled, transform, seed, epoch, orders, start, stop):
+    def __init__(self, labeled, unlabeled, transform, seed, epoch, orders, start, stop, strong_view=False):
         self.labeled, self.unlabeled, self.transform = labeled, unlabeled, transform
         self.seed, self.epoch, self.orders = seed, epoch, orders
         self.start, self.stop = start, stop
+        self.strong_view = strong_view
 
     def __len__(self):
         return self.stop - self.start
@@ -162,8 +166,17 @@ class _EpochSource:
         image_l, label_l = self._augmented(LABELED_STREAM, position)
         row = (image_l, label_l.astype(np.int32))
         if self.unlabeled is not None:
-            row += (self._augmented(UNLABELED_STREAM, position)[0],)
+            image_u = self._augmented(UNLABELED_STREAM, position)[0]
+            row += (image_u,)
+            if self.strong_view:
+                row += (self._strong_view(image_u, position),)
         return row
+
+    def _strong_view(self, weak, position):
+        # a key one field longer than `_rng`'s, ending non-zero: numpy ignores trailing zeros in seed keys
+        rng = np.random.default_rng([self.seed, self.epoch, UNLABELED_STREAM, _AUGMENTATION, position,
+                                     _STRONG_VIEW_TAG])
+        return strong_view(weak, self.transform.mean, self.transform.std, rng)
 
 
 def _per_run_entries(labeled, unlabeled, seed):
@@ -188,7 +201,8 @@ def _epoch_orders(per_run_entries, seed, epoch):
 class TrainPipeline:
     """One epoch of batches for one rank: `len()` iterations of
     {"image_l": float32 [B,3,H,W], "label_l": int32 [B,H,W] (255 = ignore), "image_u": float32 [B,3,H,W]}
-    ("image_u" only when semi)."""
+    ("image_u" only when semi), plus "image_u_strong" float32 [B,3,H,W] (the strong view of "image_u") when
+    `dataset.train.strong_view` is true."""
 
     def __init__(self, dataset, columns, iterations, batch_size):
         self.dataset, self.columns = dataset, columns
@@ -237,9 +251,10 @@ def build_train_pipeline(cfg, seed, epoch, batch_size, rank=0, world_size=1, num
     labeled, unlabeled = train_readers(cfg, semi, data_root)
     global_batch = batch_size * world_size
     orders = _epoch_orders(_per_run_entries(labeled, unlabeled, seed), seed, epoch)
+    strong = semi and strong_view_enabled(cfg["dataset"])
     source = _EpochSource(labeled, unlabeled, build_transform(cfg["dataset"], "train"), seed, epoch, orders,
-                          start_iteration * global_batch, iterations * global_batch)
-    columns = ["image_l", "label_l"] + (["image_u"] if semi else [])
+                          start_iteration * global_batch, iterations * global_batch, strong)
+    columns = ["image_l", "label_l"] + (["image_u"] if semi else []) + (["image_u_strong"] if strong else [])
     workers = _worker_count(cfg, num_workers)
     dataset = ds.GeneratorDataset(
         source, column_names=columns, shuffle=False, num_parallel_workers=workers,

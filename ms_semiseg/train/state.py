@@ -3,8 +3,9 @@
 `last.ckpt` holds, under structural names: `student.*` and `teacher.*` (all parameters: weights, BatchNorm
 statistics, the prototype bank), `optimizer.*` (momentum buffers, the global step that indexes the LR lists),
 `optimizer_flag.*` (SGD's first-step flags, one scalar each), `extra.*` (state outside the models: BRPG's
-`extra.brpg.*` queues and prototypes) and a JSON string `train_state` (position, seed, best mIoU, history). Dropout keep masks are per-step inputs and are not saved. Writes are atomic (temp file +
-rename), so a kill leaves the previous checkpoint intact.
+`extra.brpg.*` queues and prototypes) and a JSON string `train_state` (position, seed, best mIoU, history).
+Dropout keep masks are per-step inputs and are not saved. Writes are atomic (temp file + rename), so a kill
+leaves the previous checkpoint intact.
 """
 import json
 

@@ -479,7 +479,9 @@ class Trainer:
                                          plan.granularity)
         decay = ema_decay(self.global_step(epoch, iteration), plan.warmup_steps, plan.ema_decay)
         self._load_dropout_masks(epoch, iteration)
-        outputs = self._call("semi step", Tensor(batch["image_l"]), Tensor(batch["label_l"]), image_u, pseudo,
+        # the student (and the teacher's entropy forward) get the strong view when the pipeline makes one
+        student_u = Tensor(batch["image_u_strong"]) if "image_u_strong" in batch else image_u
+        outputs = self._call("semi step", Tensor(batch["image_l"]), Tensor(batch["label_l"]), student_u, pseudo,
                              confidence, Tensor(boxes), Tensor(coords),
                              scalar(drop_percent_schedule(plan.drop_percent, epoch, plan.epochs)), scalar(decay),
                              *extra)
