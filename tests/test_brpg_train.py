@@ -6,7 +6,6 @@ import colorsys
 import os
 import shutil
 import time
-
 from types import SimpleNamespace
 
 import cv2
@@ -29,8 +28,8 @@ from ms_semiseg.errors import UserError
 from ms_semiseg.losses import build_criterion, supervised_criterion
 from ms_semiseg.models.layers import batch_norm, conv2d
 from ms_semiseg.train import ema, optim
-from ms_semiseg.train.steps import CONFIDENCE, LossSettings, MeanTeacherPair
 from ms_semiseg.train.brpg_step import BRPGTraining, check_brpg_config
+from ms_semiseg.train.steps import CONFIDENCE, LossSettings, MeanTeacherPair
 from ms_semiseg.train.trainer import plan_from_config
 
 BRPG_CONFIG = os.path.join(REPO_ROOT, "experiments", "pascal", "92", "brpg", "config.yaml")
@@ -66,15 +65,14 @@ def tiny_brpg_config(root):
 def snapshot_after_step(process, work, step, target, timeout=900):
     """Copies last.ckpt and then log.csv of a running training into `target` once log.csv shows `step`: what a
     kill at that moment would leave behind (checkpoints are renamed into place, so the copy is a whole one; rows
-    before a checkpoint's step are flushed before it is written). Returns the last logged step."""
+    before a checkpoint's step are flushed before it is written)."""
     deadline = time.time() + timeout
     while process.poll() is None and time.time() < deadline and last_step_logged(work) < step:
         time.sleep(0.05)
-    logged = last_step_logged(work)
+    assert last_step_logged(work) >= step, f"the run stopped before step {step} (exit code {process.poll()})"
     os.makedirs(target / "checkpoints")
     shutil.copy(work / "checkpoints" / "last.ckpt", target / "checkpoints" / "last.ckpt")
     shutil.copy(work / "log.csv", target / "log.csv")
-    return logged
 
 
 @pytest.fixture(scope="module")
@@ -85,14 +83,14 @@ def tiny_run(tmp_path_factory):
     cfg = tiny_brpg_config(root)
     config = write_config(cfg, str(root))
     run_a = start_training(config, root, "A")
-    logged = snapshot_after_step(run_a, root / "A", WINDOW_END - 1, root / "B")
+    snapshot_after_step(run_a, root / "A", WINDOW_END - 1, root / "B")
     stopped = load_params(root / "B" / "checkpoints" / "last.ckpt")
     resumed = start_training(config, root, "B", "--resume")
     for process in (run_a, resumed):
         process.wait(timeout=900)
     outputs = {name: (process.returncode, (root / f"{name}.out").read_text(), (root / f"{name}.err").read_text())
                for name, process in (("A", run_a), ("B", resumed))}
-    return {"config": config, "root": root, "cfg": cfg, "logged": logged, "stopped": stopped, "runs": outputs}
+    return {"config": config, "root": root, "cfg": cfg, "stopped": stopped, "runs": outputs}
 
 
 def test_trains_through_warmup_sampling_window_clustering_and_prototype_loss(tiny_run):
@@ -124,7 +122,8 @@ def test_checkpoints_hold_the_prototypes_and_best_loads_into_the_model(tiny_run)
     assert int(last["extra.brpg.clustered"].asnumpy()) == 1
     assert "extra.brpg.queue_rows" not in last  # the queues are freed by the clustering
     valid = last["extra.brpg.proto_valid"].asnumpy()
-    assert valid.shape == (CLASSES, 6) and valid.sum() >= 2  # 2+2 prototypes per class, +1+1 for APO's class
+    # slots: 2+2 per class plus APO's +1+1; the tiny run leaves some queues empty (the logged fallback)
+    assert valid.shape == (CLASSES, 6) and valid.sum() >= 2
     assert np.abs(last["extra.brpg.protos"].asnumpy()).sum() > 0
 
 

@@ -14,6 +14,7 @@ from ..utils.atomic import write_bytes_atomic
 
 DEFAULT_ROWS = 6
 IGNORE_LABEL = 255
+LEGEND_INCHES = 0.35  # the class-colour legend under the grid
 
 
 def pick_evenly(sample_ids, count=DEFAULT_ROWS):
@@ -57,8 +58,8 @@ def render_grid(rows, column_titles, class_names, palette=VOC_PALETTE, cell_inch
     import matplotlib.pyplot as plt
     from matplotlib.patches import Patch
     num_rows, num_cols = len(rows), len(column_titles)
-    fig, axes = plt.subplots(num_rows, num_cols, figsize=(cell_inches * num_cols, cell_inches * num_rows + 0.8),
-                             squeeze=False)
+    height = cell_inches * num_rows + LEGEND_INCHES
+    fig, axes = plt.subplots(num_rows, num_cols, figsize=(cell_inches * num_cols, height), squeeze=False)
     for r, row in enumerate(rows):
         for c, cell in enumerate(row):
             axis = axes[r][c]
@@ -70,7 +71,7 @@ def render_grid(rows, column_titles, class_names, palette=VOC_PALETTE, cell_inch
     handles = [Patch(color=palette[i] / 255.0, label=name) for i, name in enumerate(class_names)]
     handles.append(Patch(color=palette[IGNORE_LABEL] / 255.0, label="ignore (255)"))
     fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 8), fontsize=8, frameon=False)
-    fig.tight_layout(rect=(0, 0.6 / (cell_inches * num_rows + 0.8), 1, 1))
+    fig.tight_layout(rect=(0, LEGEND_INCHES / height, 1, 1))
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=100)
     plt.close(fig)

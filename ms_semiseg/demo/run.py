@@ -28,6 +28,7 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__fi
 EXPERIMENTS_DIR = os.path.join(REPO_ROOT, "experiments", "demo")
 DEFAULT_DATA_DIR = "data/demo"
 DEFAULT_OUT_DIR = "outputs/demo"
+QUICK_OUT_DIR = "outputs/demo_quick"  # --quick keeps its tiny dataset in <out-dir>/data
 DEFAULT_SEED = 0
 DATA_SEED = 0  # the bundled dataset is fixed; --seed varies the training runs only
 BUDGET_S = 15 * 60  # the README's promise for a 2-core CPU machine
@@ -70,10 +71,10 @@ def add_arguments(parser):
     parser.add_argument("--fresh", action="store_true", help="regenerate the data and retrain everything")
     parser.add_argument("--methods", nargs="+", choices=METHOD_KEYS, default=list(METHOD_KEYS),
                         help="which experiments/demo/<method> to run (default: all; a method left out shows n/a)")
-    parser.add_argument("--data-dir", default=None, help=f"dataset folder (default {DEFAULT_DATA_DIR}, "
-                                                         "data/demo_quick with --quick)")
-    parser.add_argument("--out-dir", default=None, help=f"runs, figure and summary (default {DEFAULT_OUT_DIR}, "
-                                                        "outputs/demo_quick with --quick)")
+    parser.add_argument("--data-dir", default=None, help=f"dataset folder (default {DEFAULT_DATA_DIR}; "
+                                                         "<out-dir>/data with --quick)")
+    parser.add_argument("--out-dir", default=None, help=f"runs, figure and summary (default {DEFAULT_OUT_DIR}; "
+                                                        f"{QUICK_OUT_DIR} with --quick)")
     parser.add_argument("--quick", action="store_true",
                         help="tiny data (16 images of 48x48) and a few iterations: checks the pipeline, not the method")
     parser.add_argument("--opts", nargs="*", default=[], metavar="[METHOD:]KEY=VALUE",
@@ -329,6 +330,7 @@ def evaluate(spec, record, data_dir, device):
         metrics = json.load(handle)
     stored = {key: value for key, value in record.items() if key != "reused"}
     stored["eval"] = {"ckpt": stamp, "miou": metrics["miou"], "miou_proto": metrics.get("miou_proto"),
+                      "class_iou": list(metrics["heads"]["linear"]["iou"].values()),  # in class-index order
                       "eval_s": round(wall, 1), "eval_cpu_s": round(cpu, 1)}
     write_record(spec, stored)
     return dict(stored, reused=record.get("reused", False))
@@ -343,6 +345,7 @@ class Result:
     iterations: int = None
     miou: float = None
     miou_proto: float = None
+    class_iou: list = None
     train_s: float = None
     reused: bool = False
     reason: str = None  # why there is no number
@@ -373,7 +376,8 @@ def run_method(spec, data_dir, device, fresh):
             raise UserError(f"{spec.method.key} ({spec.config_path}): {failure.reason}") from None
         print(f"{spec.method.title}: {failure.reason}", file=sys.stderr)
         return Result(spec.method, spec.iterations, reason=failure.reason, spec=spec)
-    return Result(spec.method, spec.iterations, record["eval"]["miou"], record["eval"]["miou_proto"],
+    scores = record["eval"]
+    return Result(spec.method, spec.iterations, scores["miou"], scores["miou_proto"], scores.get("class_iou"),
                   record.get("train_s"), record.get("reused", False), spec=spec)
 
 
@@ -414,6 +418,14 @@ def format_table(rows):
     lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
     lines.insert(1, "  ".join("-" * width for width in widths))
     return "\n".join(lines)
+
+
+def class_table_rows(results, class_names):
+    """Per-class IoU of the linear head, one column per method with a result."""
+    scored = [r for r in results if r.ok and r.class_iou and len(r.class_iou) == len(class_names)]
+    rows = [["class"] + [r.method.title for r in scored]]
+    rows += [[name] + [percent(r.class_iou[i]) for r in scored] for i, name in enumerate(class_names)]
+    return rows if scored else []
 
 
 def last_line(results):
@@ -466,6 +478,9 @@ def summary_payload(results, meta, seed, total_s, figure_path):
 
 
 def print_report(results, meta, outputs, total_s):
+    per_class = class_table_rows(results, meta["classes"])
+    if per_class:
+        print("\nIoU per class (%, linear head)\n" + format_table(per_class))
     print("\n" + format_table(table_rows(results, meta)))
     print("mIoU in percent on the val split (whole image, linear classifier; the prototype head where PCR has it).")
     for result in results:
@@ -482,11 +497,12 @@ def run(args):
     from ..utils.atomic import write_text_atomic
     start = time.perf_counter()
     seed = _checked_seed(args.seed)
-    data_dir = _repo_path(args.data_dir) if args.data_dir else _repo_path(DEFAULT_DATA_DIR + ("_quick" * args.quick))
-    out_dir = _repo_path(args.out_dir) if args.out_dir else _repo_path(DEFAULT_OUT_DIR + ("_quick" * args.quick))
+    out_dir = _repo_path(args.out_dir or (QUICK_OUT_DIR if args.quick else DEFAULT_OUT_DIR))
+    data_dir = _repo_path(args.data_dir) if args.data_dir else (
+        os.path.join(out_dir, "data") if args.quick else _repo_path(DEFAULT_DATA_DIR))
+    per_method = split_opts(args.opts)
     data_args = dict(QUICK_DATA if args.quick else FULL_DATA, seed=DATA_SEED)
     meta = prepare_data(data_dir, data_args, args.fresh)
-    per_method = split_opts(args.opts)
     common = data_opts(data_dir)
     if args.quick:  # preset first, so that --opts can still change it
         common += QUICK_OPTS["all"]

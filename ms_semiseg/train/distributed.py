@@ -319,15 +319,17 @@ def sync_replicas(cell):
     check_replicas_agree(cell)
 
 
-def dump_rank_parameters(cell):
-    """With MS_SEMISEG_DUMP_RANKS=<folder>: every rank writes its parameters to <folder>/rank<r>.ckpt (to check
-    replica agreement from outside, e.g. in the tests)."""
+def dump_rank_parameters(cell, extra=None):
+    """With MS_SEMISEG_DUMP_RANKS=<folder>: every rank writes its parameters (and `extra` {name: array}, e.g.
+    BRPG's state, as `extra.<name>`) to <folder>/rank<r>.ckpt, to compare the replicas from outside (tests)."""
     folder = os.environ.get(DUMP_ENV)
     if not folder:
         return None
-    from .state import model_params
+    from .state import EXTRA_PREFIX, model_params
     from ..utils.checkpoint import save_params_atomic
     os.makedirs(folder, exist_ok=True)
     path = os.path.join(folder, f"rank{_CONTEXT.rank}.ckpt")
-    save_params_atomic(model_params(cell), path)
+    entries = dict(model_params(cell))
+    entries.update({EXTRA_PREFIX + name: value for name, value in (extra or {}).items()})
+    save_params_atomic(entries, path)
     return path

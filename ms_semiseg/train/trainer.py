@@ -600,7 +600,7 @@ class Trainer:
             self.end_epoch(epoch)
             epoch, iteration = epoch + 1, 0
         plot_curves(self.files.path("curves.png"), self.log.rows, self.meta["history"])
-        dump_rank_parameters(self.pair)  # debugging aid (MS_SEMISEG_DUMP_RANKS)
+        dump_rank_parameters(self.pair, None if self.brpg is None else self.brpg.checkpoint_arrays())  # debug aid
         return self.summary()
 
     def summary(self):
