@@ -273,8 +273,9 @@ def _float_params(cell):
 
 
 def broadcast_parameters(cell):
-    """Every float32 parameter of `cell` := rank 0's (one flat broadcast). Same-seed initialisation is not
-    the same on every rank (measured: MindSpore initialisers gave different weights per worker)."""
+    """Every float32 parameter of `cell` := rank 0's (one flat broadcast), as torch DDP does at construction:
+    the replicas start equal whatever the initialisers do in each process (without a common seed, measured, the
+    workers' random initial weights differ)."""
     if _CONTEXT.enabled:
         params = _float_params(cell)
         _assign_flat(params, broadcast_array(_flat(params)))
