@@ -18,10 +18,10 @@ from ms_semiseg.errors import UserError
 from ms_semiseg.eval.predictor import STRATEGIES
 
 PROTOCOLS = ("whole", "sliding", "center-crop")
-DEFAULT_PROTOCOL = {"pascal": "whole", "cityscapes": "sliding"}
+DEFAULT_PROTOCOL = {"pascal": "whole", "cityscapes": "sliding", "custom": "whole"}
 SLIDING_STRIDE_RATE = 2 / 3
 DEFAULT_BASE_SIZE = 2048
-DEFAULT_CROP = {"pascal": 513, "cityscapes": 769}  # when the config has no dataset.val.crop
+DEFAULT_CROP = {"pascal": 513, "cityscapes": 769, "custom": 513}  # when the config has no dataset.val.crop
 HEADS = (("pred", "linear"), ("proto", "proto"))  # (model output, name in tables, metrics.json and the last line)
 
 
@@ -169,12 +169,6 @@ def png_writer(save_dir, palette):
 
 # ------------------------------------------------------------------------------------------------ reporting
 
-def class_names_for(kind, num_classes):
-    from ms_semiseg.data import class_names
-    names = class_names(kind)
-    return list(names) if len(names) == num_classes else [f"class {i}" for i in range(num_classes)]
-
-
 def head_results(accumulators, names):
     """{head name: {'miou', 'iou': {class: IoU}}} in percent; None for a head the model does not have."""
     results = {}
@@ -253,7 +247,7 @@ def metrics_payload(args, dataset, kind, protocol, run_info, results):
 
 def run(args):
     from ms_semiseg.config import load_config
-    from ms_semiseg.data import palette_for
+    from ms_semiseg.data.datasets import class_names_for, palette_for_config
     from ms_semiseg.eval.predictor import Predictor, load_model, prepare_device
 
     cfg = load_config(args.config, args.opts)
@@ -261,12 +255,12 @@ def run(args):
     kind, transform, protocol, dataset = prepare_evaluation(args, cfg)
     start = time.perf_counter()
     predictor = Predictor(load_model(cfg, args.ckpt), args.strategy, max_cached_shapes=protocol.shapes_per_image)
-    on_prediction = png_writer(args.save_dir, palette_for(kind)) if args.save_dir else None
+    on_prediction = png_writer(args.save_dir, palette_for_config(cfg)) if args.save_dir else None
     accumulators = evaluate_dataset(dataset, predictor, protocol, transform.mean, transform.std, on_prediction,
                                     progress=not args.no_progress)
     elapsed = time.perf_counter() - start
 
-    names = class_names_for(kind, dataset.num_classes)
+    names = list(class_names_for(cfg))
     results = head_results(accumulators, names)
     print_tables(accumulators, names)
     run_info = {"device": device, "strategy": args.strategy, "compiles": predictor.compile_count,

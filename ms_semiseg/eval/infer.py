@@ -60,7 +60,8 @@ def overlay(image, mask, alpha):
 
 def run(args):
     from ms_semiseg.config import load_config
-    from ms_semiseg.data import build_transform, colorize, dataset_kind, normalize, palette_for, read_image
+    from ms_semiseg.data import build_transform, colorize, dataset_kind, normalize, read_image
+    from ms_semiseg.data.datasets import palette_for_config
     from ms_semiseg.data import save_png_atomic
     from ms_semiseg.eval import to_class_map
     from ms_semiseg.eval.evaluate import order_by_size, progress_bar, protocol_from_args, resolved_dataset_config
@@ -83,7 +84,7 @@ def run(args):
         raise UserError(f"--head proto: {args.config} has no net.proto_head, expected --head linear")
     head = "proto" if args.head == "proto" else "pred"
     predictor = Predictor(model, args.strategy, max_cached_shapes=protocol.shapes_per_image)
-    palette = palette_for(kind)
+    palette = palette_for_config(cfg)
     for index in progress_bar(order_by_size(paths), len(paths), True, desc="infer"):
         image = read_image(paths[index])
         logits, _ = protocol.logits(predictor, normalize(image, transform.mean, transform.std))
