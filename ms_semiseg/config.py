@@ -17,6 +17,9 @@ OPTIONAL_KEYS = {
     "trainer.save_interval",  # iterations between mid-epoch checkpoints, default 0 (epoch ends only)
     "trainer.freeze_bn",  # BatchNorm uses its moving statistics in training too and keeps them, default false
     "dataset.train.strong_view",  # unlabeled strong view for the student (BRPG/UniMatch), default false
+    "trainer.base_batch_size",  # the global batch the lr was tuned for (README "Fewer devices")
+    "trainer.grad_accumulation",  # micro-batches per optimizer update, default 1
+    "trainer.lr_scaling",  # none (default) or linear: lr x global batch / base_batch_size
 }
 
 # Expected types of keys that must be present when a section is used (checked with `require`).

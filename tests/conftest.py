@@ -10,6 +10,15 @@ os.environ.setdefault("GLOG_v", "3")
 import ms_semiseg  # noqa: E402,F401  (sets ONEDNN_MAX_CPU_ISA before any MindSpore op runs)
 
 
+@pytest.fixture
+def graph_mode():
+    """Compiled graphs as in training; other tests expect MindSpore's default PyNative mode back."""
+    import mindspore as ms
+    ms.set_context(mode=ms.GRAPH_MODE)
+    yield
+    ms.set_context(mode=ms.PYNATIVE_MODE)
+
+
 @pytest.fixture(scope="session")
 def repo_root():
     return REPO_ROOT

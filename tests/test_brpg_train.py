@@ -163,12 +163,6 @@ class RepSegmentor(nn.Cell):
         return self.decoder(feat), None, self.representation(feat), None
 
 
-@pytest.fixture
-def graph_mode():
-    ms.set_context(mode=ms.GRAPH_MODE)
-    yield
-    ms.set_context(mode=ms.PYNATIVE_MODE)
-
 
 def clustered_brpg(protos, valid):
     """BRPGTraining of a small config, restored to a state just after the clustering."""

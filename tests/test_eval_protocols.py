@@ -14,6 +14,7 @@ from ms_semiseg.eval import (
     whole_image,
     window_starts,
 )
+from ms_semiseg.eval.reference import intersection_and_union as u2pl_intersection_and_union
 
 TOL = dict(rtol=1e-5, atol=1e-5)
 _RNG = np.random.default_rng(0)
@@ -209,17 +210,6 @@ def test_to_class_map_ties_go_to_first_class():
 
 
 # ----------------------------------------------------------------------------------------------- mIoU
-
-
-def u2pl_intersection_and_union(output, target, num_classes, ignore_index=255):
-    """U2PL's intersectionAndUnion, transcribed: np.histogram over bins 0..K."""
-    output, target = output.reshape(-1).copy(), target.reshape(-1)
-    output[target == ignore_index] = ignore_index
-    bins = np.arange(num_classes + 1)
-    area_intersection, _ = np.histogram(output[output == target], bins=bins)
-    area_output, _ = np.histogram(output, bins=bins)
-    area_target, _ = np.histogram(target, bins=bins)
-    return area_intersection, area_output + area_target - area_intersection
 
 
 def test_iou_hand_computed():

@@ -18,13 +18,6 @@ from ms_semiseg.train import ema, masks, optim, steps
 ms.set_device("CPU")
 
 
-@pytest.fixture
-def graph_mode():
-    """Compiled graphs as in training; other test files expect the default PyNative mode back."""
-    ms.set_context(mode=ms.GRAPH_MODE)
-    yield
-    ms.set_context(mode=ms.PYNATIVE_MODE)
-
 
 # ------------------------------------------------------------------------------------------------- schedule
 

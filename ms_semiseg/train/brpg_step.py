@@ -86,6 +86,9 @@ def check_brpg_config(cfg, plan):
     if not plan.semi:
         raise UserError(f"{SECTION}: BRPG trains inside the mean teacher, expected a trainer.unsupervised section "
                         "and trainer.sup_only_epoch < trainer.epochs")
+    if plan.accumulation > 1:
+        raise UserError(f"trainer.grad_accumulation: {plan.accumulation} with {SECTION} (BRPG) is not supported, "
+                        "expected 1 (BRPG's feature queues and clustering run once per iteration)")
     BRPGSettings.from_config(cfg, get(cfg, "net.num_classes"))
 
 

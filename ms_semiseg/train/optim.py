@@ -75,9 +75,10 @@ def build_sgd(params, base_lr, total_steps, momentum=0.9, weight_decay=0.0, powe
     return nn.SGD(groups, learning_rate=base_lr, momentum=momentum, weight_decay=weight_decay)
 
 
-def build_optimizer(cfg, params, total_steps, model_prefix=""):
+def build_optimizer(cfg, params, total_steps, model_prefix="", lr_scale=1.0):
+    """`total_steps` optimizer updates; `lr_scale` multiplies the config's lr (trainer.lr_scaling)."""
     lr, momentum, weight_decay, power = optimizer_settings(cfg)
-    return build_sgd(params, lr, total_steps, momentum, weight_decay, power, decoder_lr_times(cfg), model_prefix)
+    return build_sgd(params, lr * lr_scale, total_steps, momentum, weight_decay, power, decoder_lr_times(cfg), model_prefix)
 
 
 def optimizer_state(optimizer):

@@ -236,16 +236,21 @@ def _worker_count(cfg, num_workers):
 
 
 def build_train_pipeline(cfg, seed, epoch, batch_size, rank=0, world_size=1, num_workers=None, semi=True,
-                         start_iteration=0, data_root=None):
+                         start_iteration=0, data_root=None, iterations=None):
     """Batches of epoch `epoch` for `rank` of `world_size` (module notes); deterministic in (seed, epoch).
 
     start_iteration: skip that many iterations (resume inside an epoch); `len()` counts the remaining ones.
     num_workers: parallel loader workers, default `dataset.workers`. data_root overrides dataset.train.data_root.
+    iterations: the epoch's length, at most (and by default) `iterations_per_epoch` (gradient accumulation drops
+    the micro-batches of an incomplete last update).
     """
     if not 0 <= rank < world_size:
         raise ValueError(f"rank {rank} is outside 0..{world_size - 1}")
     check_train_crop(cfg)
-    iterations = iterations_per_epoch(cfg, batch_size, world_size, semi)
+    full = iterations_per_epoch(cfg, batch_size, world_size, semi)
+    iterations = full if iterations is None else iterations
+    if not 0 < iterations <= full:
+        raise ValueError(f"iterations {iterations} is outside 1..{full}")
     if not 0 <= start_iteration <= iterations:
         raise ValueError(f"start_iteration {start_iteration} is outside 0..{iterations}")
     labeled, unlabeled = train_readers(cfg, semi, data_root)

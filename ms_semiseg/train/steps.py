@@ -7,13 +7,18 @@ so each mode gets its own graph and `run` sets the flags before every call):
 - `SemiStep` (student train, teacher train without gradient): CutMix, L_sup + L_u + L_proto, SGD, prototype
   update and EMA, all in one graph.
 - `Predictor` (eval): logits for validation.
+With `trainer.grad_accumulation: N`, the supervised and semi steps come twice: an accumulate graph
+(`apply_update=False`: gradients, and PCR's prototype statistics, are added to `SumBuffers`) for the first N-1
+micro-batches, and the update graph for the N-th (buffers + its own, then SGD, prototypes, EMA; buffers emptied).
 Every wrapper is built with auto_prefix=False so that it does not rename the parameters of the models it holds
 (the student's are `student.*`, the teacher's `teacher.*`, see `MeanTeacherPair`).
 """
 from dataclasses import dataclass
 
+import numpy as np
+
 import mindspore as ms
-from mindspore import Tensor, nn, ops
+from mindspore import Parameter, ParameterTuple, Tensor, nn, ops
 
 from ..losses import (confidence_unsup_loss, entropy_drop_unsup_loss, proto_cross_entropy,
                       supervised_loss)
@@ -64,14 +69,40 @@ class _Wrapper(nn.Cell):
         super().__init__(auto_prefix=False)
 
 
+class SumBuffers(nn.Cell):
+    """Running sums over the micro-batches of one update (`trainer.grad_accumulation`), shared by a step's
+    accumulate and update graphs: `add` stores scale * values, `take` returns stored + scale * values and
+    empties the buffers. Gradients use scale 1/N (the update sees the mean gradient), statistics scale 1."""
+
+    def __init__(self, shapes, prefix, scale=1.0):
+        super().__init__()
+        self.buffers = ParameterTuple([Parameter(Tensor(np.zeros(shape, np.float32)), name=f"{prefix}.{i}",
+                                                 requires_grad=False) for i, shape in enumerate(shapes)])
+        self.scale = scale
+
+    def add(self, values):
+        added = ()
+        for buffer, value in zip(self.buffers, values):
+            added += (ops.assign_add(buffer, value * self.scale),)
+        return added
+
+    def take(self, values):
+        totals = ()
+        for buffer, value in zip(self.buffers, values):
+            total = buffer + value * self.scale
+            cleared = ops.assign(buffer, ops.depend(ops.zeros_like(buffer), total))  # after the read
+            totals += (ops.depend(total, cleared),)
+        return totals
+
+
 class _TrainStep(_Wrapper):
-    """Shared parts: the student's supervised loss and SGD.
+    """Shared parts: the student's supervised loss and SGD (or, with gradient accumulation, its first part).
 
     Dropout keep masks are loaded into the models' HostMaskDropout2d cells from the host before each call
     (`masks.load_dropout_masks`): an `ops.assign` inside this graph is not ordered before the reads in the
     differentiated forward (measured: the first step sometimes read the previous mask)."""
 
-    def __init__(self, pair, optimizer, criterion, settings):
+    def __init__(self, pair, optimizer, criterion, settings, grad_sums=None, apply_update=True):
         super().__init__()
         self.pair = pair
         self.student = pair.student
@@ -83,6 +114,8 @@ class _TrainStep(_Wrapper):
         self.rank_mean = rank_mean()
         self.criterion = criterion
         self.aux_weight = settings.aux_weight
+        self.grad_sums = grad_sums  # SumBuffers of the gradients with gradient accumulation, else None
+        self.apply_update = apply_update or grad_sums is None
 
     def run(self, *args):
         set_modes(train_cells=[self] + [m for m in (self.student, self.teacher) if m is not None])
@@ -90,6 +123,15 @@ class _TrainStep(_Wrapper):
 
     def supervised(self, pred, aux, label):
         return supervised_loss(self.criterion, pred, label, aux, self.aux_weight)
+
+    def apply_gradients(self, grads):
+        """SGD on the rank-averaged gradients. Accumulating: the accumulate graph only adds them to the buffers;
+        the update graph averages buffers + its own (one all-reduce per update) and steps."""
+        if self.grad_sums is None:
+            return self.optimizer(self.grad_reducer(grads))
+        if not self.apply_update:
+            return self.grad_sums.add(grads)
+        return self.optimizer(self.grad_reducer(self.grad_sums.take(grads)))
 
 
 class SupervisedStep(_TrainStep):
@@ -104,8 +146,7 @@ class SupervisedStep(_TrainStep):
 
     def construct(self, image_l, label_l):
         loss, grads = ms.value_and_grad(self.student_loss, None, self.weights)(image_l, label_l)
-        grads = self.grad_reducer(grads)
-        loss = ops.depend(loss, self.optimizer(grads))
+        loss = ops.depend(loss, self.apply_gradients(grads))
         if self.teacher is not None:
             teacher_pred = ops.stop_gradient(self.teacher(image_l)[0])
             loss = ops.depend(loss, teacher_pred)
@@ -156,8 +197,10 @@ class SemiStep(_TrainStep):
     detached features after the SGD step, then the teacher follows the student (`ema`). Both writes are tied to
     the gradients and the SGD result with `ops.depend`, so they cannot run before the reads they must follow."""
 
-    def __init__(self, pair, optimizer, criterion, settings, ema, use_proto):
-        super().__init__(pair, optimizer, criterion, settings)
+    def __init__(self, pair, optimizer, criterion, settings, ema, use_proto, grad_sums=None, stat_sums=None,
+                 apply_update=True):
+        super().__init__(pair, optimizer, criterion, settings, grad_sums, apply_update)
+        self.stat_sums = stat_sums  # SumBuffers of the prototype sums and counts with gradient accumulation
         self.ema = ema
         self.use_proto = use_proto
         self.proto_update = use_proto and settings.proto_update
@@ -197,6 +240,10 @@ class SemiStep(_TrainStep):
     def update_prototypes(self, feats, target, match_index, after):
         proto_net = self.student.proto_net
         sums, counts = proto_net.update_statistics(feats, target, target != IGNORE_INDEX, match_index)
+        if self.stat_sums is not None:  # the update's statistics: every micro-batch saw the same weights
+            if not self.apply_update:
+                return self.stat_sums.add((ops.depend(sums, after), counts))
+            sums, counts = self.stat_sums.take((sums, counts))
         sums, counts = self.rank_sum(sums), self.rank_sum(counts)  # the global batch's statistics
         return proto_net.momentum_update(ops.depend(sums, after), counts)
 
@@ -222,10 +269,12 @@ class SemiStep(_TrainStep):
         (total, parts), grads = grad_fn(image_all, label_l, pseudo_u, conf_u, teacher_logits_u, coords,
                                         drop_percent, extra)
         # the EMA writes teacher weights: after the teacher forward has read them (its logits may be unused)
-        grads = self.grad_reducer(grads)
-        updated = ops.depend(self.optimizer(grads), teacher_pred)
+        updated = ops.depend(self.apply_gradients(grads), teacher_pred)
         updated = ops.depend(updated, self.update_state(parts, grads))
-        total = ops.depend(total, self.ema(ops.depend(ema_decay, updated)))
+        if self.apply_update:
+            total = ops.depend(total, self.ema(ops.depend(ema_decay, updated)))
+        else:  # the teacher follows once per update
+            total = ops.depend(total, updated)
         return self.step_outputs(self.rank_mean(ops.stack((total, parts[0], parts[1], parts[2]))), parts)
 
 

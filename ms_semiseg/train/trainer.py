@@ -66,11 +66,25 @@ class TrainPlan:
     log_interval: int
     save_interval: int
     eval_on: bool
-    iterations: int
+    iterations: int  # per epoch, micro-batches (a multiple of `accumulation`)
+    batch: "GlobalBatch" = None
+
+    @property
+    def accumulation(self):
+        return self.batch.accumulation if self.batch else 1
 
     @property
     def total_steps(self):
         return self.epochs * self.iterations
+
+    @property
+    def total_updates(self):
+        """Optimizer steps of the run: the poly LR schedule's length."""
+        return self.total_steps // self.accumulation
+
+    def applies_update(self, iteration):
+        """Whether micro-batch `iteration` ends an update (always, without gradient accumulation)."""
+        return (iteration + 1) % self.accumulation == 0
 
     @property
     def warmup_steps(self):
@@ -115,6 +129,71 @@ def loss_settings(cfg):
         proto_update=bool(get(cfg, "net.proto_head.dynamic_update_proto", True)))
 
 
+LR_SCALINGS = ("none", "linear")
+
+
+@dataclass(frozen=True)
+class GlobalBatch:
+    """Labeled images per optimizer step over all devices and accumulated micro-batches, and the LR factor.
+
+    `trainer.base_batch_size`: the global batch the config's lr was tuned for (upstream: 2 per GPU x 8 GPUs = 16);
+    `trainer.lr_scaling: linear` multiplies the lr by global / base (default none: published configs stay exact);
+    `trainer.grad_accumulation: N` sums the gradients of N micro-batches into one update (reach the published
+    global batch on fewer devices)."""
+    per_device: int
+    world_size: int
+    accumulation: int
+    base: int = None
+    scaling: str = "none"
+
+    @property
+    def size(self):
+        return self.per_device * self.world_size * self.accumulation
+
+    @property
+    def lr_scale(self):
+        return self.size / self.base if self.scaling == "linear" else 1.0
+
+    def describe(self, semi, lr):
+        parts = [f"{self.per_device} per device"]
+        if self.world_size > 1:
+            parts.append(f"{self.world_size} devices")
+        if self.accumulation > 1:
+            parts.append(f"{self.accumulation} accumulated micro-batches")
+        text = (f"global batch {self.size} labeled{' + ' + str(self.size) + ' unlabeled' if semi else ''} images "
+                f"per update ({' x '.join(parts)})")
+        if self.base is not None:
+            text += f"; the config was tuned for {self.base} (trainer.base_batch_size)"
+        if self.scaling == "linear":
+            return text + f"; lr {lr:g} x {self.size}/{self.base} = {lr * self.lr_scale:g} (trainer.lr_scaling: linear)"
+        if self.base is not None and self.base != self.size:
+            text += (f"; lr {lr:g} kept (trainer.lr_scaling: none): set trainer.lr_scaling=linear to scale it, "
+                     f"or trainer.grad_accumulation to reach {self.base}")
+        return text
+
+
+def global_batch(cfg, batch_size, world_size):
+    accumulation = _number(cfg, "trainer.grad_accumulation", 1, 1, kind=int)
+    base = get(cfg, "trainer.base_batch_size")
+    if base is not None:
+        base = _number(cfg, "trainer.base_batch_size", None, 1, kind=int)
+    scaling = get(cfg, "trainer.lr_scaling", "none") or "none"
+    if scaling not in LR_SCALINGS:
+        raise UserError(f"trainer.lr_scaling: {scaling!r} is not supported, expected one of {list(LR_SCALINGS)}")
+    if scaling == "linear" and base is None:
+        raise UserError("trainer.lr_scaling: linear needs trainer.base_batch_size, expected the global batch the "
+                        "lr was tuned for (e.g. 16 for the published 8-GPU configs)")
+    return GlobalBatch(batch_size, world_size, accumulation, base, scaling)
+
+
+def _whole_updates(iterations, accumulation):
+    """Micro-batches per epoch, rounded down to whole updates (the rest is dropped, like a last partial batch)."""
+    if iterations < accumulation:
+        raise UserError(f"trainer.grad_accumulation: {accumulation} exceeds the {iterations} iterations of an epoch, "
+                        f"expected at most {iterations}")
+    return iterations // accumulation * accumulation
+
+
 def plan_from_config(cfg, world_size=1):
     from .pipeline import check_train_crop, iterations_per_epoch
     epochs = _number(cfg, "trainer.epochs", None, 1, kind=int)
@@ -124,6 +203,7 @@ def plan_from_config(cfg, world_size=1):
     batch_size = _number(cfg, "dataset.batch_size", None, 1, kind=int)
     if semi and batch_size < 2:
         raise UserError("dataset.batch_size: 1 is too small for CutMix and BatchNorm, expected at least 2")
+    batch = global_batch(cfg, batch_size, world_size)
     return TrainPlan(
         epochs=epochs, sup_only_epoch=min(sup_only_epoch, epochs), semi=semi, batch_size=batch_size,
         crop=check_train_crop(cfg), use_proto=use_proto, granularity=_granularity(cfg, use_proto),
@@ -133,7 +213,8 @@ def plan_from_config(cfg, world_size=1):
                                                            kind=int),
         save_interval=_number(cfg, "trainer.save_interval", 0, 0, kind=int),
         eval_on=bool(get(cfg, "trainer.eval_on", True)) and bool(get(cfg, "dataset.val")),
-        iterations=iterations_per_epoch(cfg, batch_size, world_size, semi))  # batch_size is per device
+        iterations=_whole_updates(iterations_per_epoch(cfg, batch_size, world_size, semi), batch.accumulation),
+        batch=batch)  # batch_size is per device
 
 
 @dataclass(frozen=True)
@@ -326,28 +407,53 @@ class Trainer:
         self.dist = context()
         ms.set_seed(seed)
         self.pair, self.student_drop, self.teacher_drop = build_pair(cfg, plan, None if resume else pretrained)
-        self.optimizer = build_optimizer(cfg, self.pair.student.trainable_params(), plan.total_steps,
-                                         model_prefix="student.")
+        self.optimizer = build_optimizer(cfg, self.pair.student.trainable_params(), plan.total_updates,
+                                         model_prefix="student.", lr_scale=plan.batch.lr_scale)
         criterion = supervised_criterion(cfg)
-        self.graphs = {"supervised step": SupervisedStep(self.pair, self.optimizer, criterion, plan.losses),
-                       "student eval": Predictor(self.pair.student)}
+        sums = self._accumulation_buffers()
+        self.graphs = {"student eval": Predictor(self.pair.student)}
+        self._add_step_graphs("supervised step", lambda **kw: SupervisedStep(
+            self.pair, self.optimizer, criterion, plan.losses, grad_sums=sums["grads"], **kw))
         self.brpg = (BRPGTraining(cfg, plan, seed, self.dist.world_size, log=say)
                      if plan.semi and brpg_enabled(cfg) else None)
         if plan.semi:
             ema = EMAUpdate(*_ema_pairs(self.pair))
             if self.brpg is None:
-                self.graphs["semi step"] = SemiStep(self.pair, self.optimizer, criterion, plan.losses, ema,
-                                                    plan.use_proto)
+                self._add_step_graphs("semi step", lambda **kw: SemiStep(
+                    self.pair, self.optimizer, criterion, plan.losses, ema, plan.use_proto, sums["grads"],
+                    sums["stats"], **kw))
                 self.graphs["teacher pseudo-labels"] = TeacherPseudoLabels(self.pair.teacher)
             else:  # BRPG's prototype loss (trainer.prototype) in place of PCR's head
                 self.graphs.update(self.brpg.graphs(self.pair, self.optimizer, criterion, plan.losses, ema))
             self.graphs["teacher eval"] = Predictor(self.pair.teacher)
         self.compiled = {name: 0 for name in self.graphs}
         self.meta = {"epoch": 0, "iteration": 0, "seed": seed, "best_miou": None, "best_epoch": None,
-                     "history": [], "total_steps": plan.total_steps, "iterations_per_epoch": plan.iterations}
+                     "history": [], "total_steps": plan.total_steps, "iterations_per_epoch": plan.iterations,
+                     "grad_accumulation": plan.accumulation}
         if resume:
             self._resume()
         self.log = StepLog(files.path("log.csv"), plan.log_interval, self.global_step(*self.position))
+
+    def _accumulation_buffers(self):
+        """SumBuffers shared by the accumulate and update graphs (trainer.grad_accumulation > 1), else Nones."""
+        from .steps import SumBuffers
+        if self.plan.accumulation == 1:
+            return {"grads": None, "stats": None}
+        grads = SumBuffers([p.shape for p in self.optimizer.parameters], "grad_sum", 1.0 / self.plan.accumulation)
+        stats = None
+        if self.plan.use_proto:
+            bank = self.pair.student.proto_net.proto_list
+            stats = SumBuffers([bank.shape, bank.shape[:1]], "proto_stat_sum")
+        return {"grads": grads, "stats": stats}
+
+    def _add_step_graphs(self, name, make):
+        """Graph `name` (ends an update) and, accumulating, `name (accumulate)` for the other micro-batches."""
+        self.graphs[name] = make()
+        if self.plan.accumulation > 1:
+            self.graphs[f"{name} (accumulate)"] = make(apply_update=False)
+
+    def _step_graph(self, name, iteration):
+        return name if self.plan.applies_update(iteration) else f"{name} (accumulate)"
 
     # -------------------------------------------------------------------------------------- state and records
 
@@ -366,11 +472,12 @@ class Trainer:
         load_extra = None if self.brpg is None else (lambda arrays: self.brpg.load_checkpoint_arrays(
             arrays, self.files.last))
         meta = load_training_state(self.files.last, self.pair, self.optimizer, load_extra)
-        for key in ("total_steps", "iterations_per_epoch", "seed"):
-            if meta.get(key) != self.meta[key]:
-                raise UserError(f"{self.files.last}: the run used {key}={meta.get(key)}, this config/seed gives "
-                                f"{self.meta[key]}, expected the same trainer.epochs, dataset.batch_size, splits "
-                                "and --seed")
+        for key in ("total_steps", "iterations_per_epoch", "seed", "grad_accumulation"):
+            stored = meta.get(key, 1 if key == "grad_accumulation" else None)  # older checkpoints: no accumulation
+            if stored != self.meta[key]:
+                raise UserError(f"{self.files.last}: the run used {key}={stored}, this config/seed gives "
+                                f"{self.meta[key]}, expected the same trainer.epochs, dataset.batch_size, "
+                                "trainer.grad_accumulation, splits and --seed")
         self.meta.update(meta)
         say(f"resumed from {self.files.last} at epoch {self.meta['epoch'] + 1}, iteration "
             f"{self.meta['iteration']} (global step {self.global_step(*self.position)})")
@@ -455,7 +562,8 @@ class Trainer:
     def supervised_iteration(self, batch, epoch, iteration):
         from mindspore import Tensor
         self._load_dropout_masks(epoch, iteration)
-        return self._call("supervised step", Tensor(batch["image_l"]), Tensor(batch["label_l"]))
+        return self._call(self._step_graph("supervised step", iteration), Tensor(batch["image_l"]),
+                          Tensor(batch["label_l"]))
 
     def semi_iteration(self, batch, epoch, iteration):
         from mindspore import Tensor
@@ -477,12 +585,14 @@ class Trainer:
         if plan.use_proto:
             coords = patch_select_coords(step_rng(self.seed, epoch, iteration, PATCH_SELECT), height,
                                          plan.granularity)
-        decay = ema_decay(self.global_step(epoch, iteration), plan.warmup_steps, plan.ema_decay)
+        # the teacher ramp counts updates (U2PL counts iterations: one update each)
+        decay = ema_decay(self.global_step(epoch, iteration) // plan.accumulation,
+                          plan.warmup_steps // plan.accumulation, plan.ema_decay)
         self._load_dropout_masks(epoch, iteration)
         # the student (and the teacher's entropy forward) get the strong view when the pipeline makes one
         student_u = Tensor(batch["image_u_strong"]) if "image_u_strong" in batch else image_u
-        outputs = self._call("semi step", Tensor(batch["image_l"]), Tensor(batch["label_l"]), student_u, pseudo,
-                             confidence, Tensor(boxes), Tensor(coords),
+        outputs = self._call(self._step_graph("semi step", iteration), Tensor(batch["image_l"]),
+                             Tensor(batch["label_l"]), student_u, pseudo, confidence, Tensor(boxes), Tensor(coords),
                              scalar(drop_percent_schedule(plan.drop_percent, epoch, plan.epochs)), scalar(decay),
                              *extra)
         if self.brpg is None:
@@ -492,7 +602,9 @@ class Trainer:
     def _lrs(self, step):
         from .optim import decoder_lr_times, optimizer_settings, poly_lr_at
         base, _, _, power = optimizer_settings(self.cfg)
-        return tuple(poly_lr_at(base * times, step, self.plan.total_steps, power)
+        base *= self.plan.batch.lr_scale
+        update = step // self.plan.accumulation
+        return tuple(poly_lr_at(base * times, update, self.plan.total_updates, power)
                      for times in (1, decoder_lr_times(self.cfg)))
 
     def run_epoch(self, epoch, start_iteration):
@@ -504,7 +616,8 @@ class Trainer:
             self.begin_semi_phase()
         pipeline = build_train_pipeline(self.cfg, self.seed, epoch, plan.batch_size, self.dist.rank,
                                         self.dist.world_size, semi=plan.semi,
-                                        start_iteration=start_iteration, data_root=self.data_root)
+                                        start_iteration=start_iteration, data_root=self.data_root,
+                                        iterations=plan.iterations)
         images_per_step = plan.batch_size * self.dist.world_size * (2 if semi else 1)
         phase = "semi" if semi else "supervised"
         bar = tqdm(total=plan.iterations, initial=start_iteration, desc=f"epoch {epoch + 1}/{plan.epochs} {phase}",
@@ -528,8 +641,9 @@ class Trainer:
             bar.close()
 
     def _mid_epoch_save_due(self, iteration):
-        interval = self.plan.save_interval
-        return interval > 0 and (iteration + 1) % interval == 0 and iteration + 1 < self.plan.iterations
+        interval = self.plan.save_interval  # only between updates: accumulated gradients are not saved
+        return (interval > 0 and (iteration + 1) % interval == 0 and iteration + 1 < self.plan.iterations
+                and self.plan.applies_update(iteration))
 
     @staticmethod
     def _show(bar, row):
@@ -691,6 +805,7 @@ def _save_run_config(cfg, files):
 def run(args):
     from .distributed import requested_world_size
     from .brpg_step import check_brpg_config
+    from .optim import optimizer_settings
     cfg = load_config(args.config, args.opts)
     world_size = requested_world_size(args.distributed)
     plan = plan_from_config(cfg, world_size)
@@ -722,6 +837,7 @@ def run(args):
     devices = f" x {world_size} devices" if world_size > 1 else ""
     say(f"{method} on {device}: {plan.epochs} epochs x {plan.iterations} iterations, batch {plan.batch_size}{devices}, "
         f"crop {plan.crop[0]}x{plan.crop[1]}, seed {seed} -> {files.work_dir}")
+    say(plan.batch.describe(plan.semi, optimizer_settings(cfg)[0]))
     if not pretrained and not resume:
         say("note: no --pretrained backbone (nor saver.pretrain): the encoder starts from random weights; U2PL/PCR "
             "start from ImageNet (convert one with `python -m convert pth2ckpt`)")

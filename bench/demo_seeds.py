@@ -1,0 +1,104 @@
+"""The demo's result over several training seeds: mean and spread of each method's mIoU (the README's table).
+
+Runs `python -m ms_semiseg demo --seed S --out-dir <out>/seed<S>` for every seed (one after the other, each with the
+whole machine; finished seeds are reused, so an interrupted measurement continues where it stopped), reads each
+run's summary.json and prints, per method, the mean, the sample standard deviation, min and max of the linear-head
+(and prototype-head) mIoU, the PCR - supervised gap per seed, and the mean train time. The dataset is the same
+bundled one for every seed (its generator is deterministic); only the training seed changes.
+
+    python bench/demo_seeds.py [--seeds 0 1 2] [--out outputs/demo_seeds] [--device CPU] [-- demo options...]
+
+Takes about 3 x the demo's time (about 45 minutes on 2 CPU cores). The last line is
+`demo seeds: n=<k> suponly=<mean>±<std> pcr=<mean>±<std> brpg=<mean>±<std or n/a>`.
+"""
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+METHODS = (("suponly", "supervised only"), ("pcr", "PCR (ours)"), ("brpg", "BRPG"))
+
+
+def run_seed(seed, out_dir, device, extra):
+    command = [sys.executable, "-m", "ms_semiseg", "demo", "--seed", str(seed), "--out-dir", out_dir, *extra]
+    if device:
+        command += ["--device", device]
+    env = dict(os.environ, PYTHONPATH=REPO_ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    print(f"\n### seed {seed}: {' '.join(command[1:])}", flush=True)
+    code = subprocess.call(command, cwd=REPO_ROOT, env=env)
+    if code != 0:
+        sys.exit(f"seed {seed}: the demo failed with exit code {code}")
+    with open(os.path.join(out_dir, "summary.json"), encoding="utf-8") as handle:
+        return json.load(handle)
+
+
+def spread(values):
+    """(mean, sample std, min, max) of the values that exist; None when there are none."""
+    values = [v for v in values if v is not None]
+    if not values:
+        return None
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return statistics.mean(values), std, min(values), max(values)
+
+
+def format_spread(stats, digits=2):
+    if stats is None:
+        return "n/a"
+    mean, std, low, high = stats
+    return f"{mean:.{digits}f} ± {std:.{digits}f} ({low:.{digits}f} .. {high:.{digits}f})"
+
+
+def method_rows(summaries):
+    """One markdown row per method: mIoU linear, mIoU proto, mean train time; and the per-method linear stats."""
+    rows, linear = [], {}
+    for key, title in METHODS:
+        entries = [s["methods"].get(key, {}) for s in summaries]
+        linear[key] = spread([e.get("miou") for e in entries])
+        proto = spread([e.get("miou_proto") for e in entries])
+        train = spread([e.get("train_s") for e in entries])
+        iterations = sorted({e.get("iterations") for e in entries if e.get("iterations")})
+        reasons = sorted({e.get("reason") for e in entries if e.get("reason")})
+        rows.append(f"| {title} | {', '.join(map(str, iterations)) or '-'} | {format_spread(linear[key])} | "
+                    f"{format_spread(proto) if proto else '-'} | "
+                    f"{'-' if train is None else f'{train[0] / 60:.1f} min'} |"
+                    + (f" {'; '.join(reasons)}" if linear[key] is None and reasons else ""))
+    return rows, linear
+
+
+def gap_line(summaries):
+    gaps = [s["methods"]["pcr"]["miou"] - s["methods"]["suponly"]["miou"] for s in summaries
+            if s["methods"].get("pcr", {}).get("miou") is not None
+            and s["methods"].get("suponly", {}).get("miou") is not None]
+    per_seed = ", ".join(f"{g:+.2f}" for g in gaps)
+    return f"PCR - supervised per seed: {per_seed} (mean {format_spread(spread(gaps))})" if gaps else None
+
+
+def short(stats):
+    return "n/a" if stats is None else f"{stats[0]:.2f}±{stats[1]:.2f}"
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--out", default=os.path.join(REPO_ROOT, "outputs", "demo_seeds"))
+    parser.add_argument("--device", default=None)
+    parser.add_argument("extra", nargs="*", help="more demo options after `--`, e.g. -- --methods suponly ours")
+    args = parser.parse_args()
+    summaries = [run_seed(seed, os.path.join(os.path.abspath(args.out), f"seed{seed}"), args.device, args.extra)
+                 for seed in args.seeds]
+    rows, linear = method_rows(summaries)
+    print(f"\nseeds {args.seeds}: mean ± sample std (min .. max) of the val mIoU (%)")
+    print("| method | iterations | mIoU linear | mIoU proto | train time (mean) |")
+    print("| --- | --- | --- | --- | --- |")
+    print("\n".join(rows))
+    gap = gap_line(summaries)
+    if gap:
+        print(gap)
+    print(f"demo seeds: n={len(summaries)} " + " ".join(f"{key}={short(linear[key])}" for key, _ in METHODS))
+
+
+if __name__ == "__main__":
+    main()
