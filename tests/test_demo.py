@@ -76,7 +76,8 @@ def test_table_rows_compare_methods_at_equal_iterations(demo_runs):
     proto = read_json(root / "out" / "ours" / "eval" / "metrics.json")["miou_proto"]
     assert (sup[5], pcr[5]) == ("-", f"{proto:.2f}")
     assert re.fullmatch(r"\d+:\d\d", sup[6]) and re.fullmatch(r"\d+:\d\d", pcr[6])
-    assert "BRPG: n/a (not run (left out of --methods))" in first.stdout
+    assert "BRPG: n/a (not in the default run, which fits the budget: add it with --methods suponly ours brpg)" \
+        in first.stdout
 
 
 def test_figure_has_a_column_per_method_and_a_row_per_val_image(demo_runs):

@@ -1,0 +1,92 @@
+"""How good are a model's pseudo-labels? Scores its confident predictions against the ground truth of images it
+would see as unlabeled (the demo dataset keeps labels for every image, so this can be measured).
+
+    python bench/pseudo_labels.py --config experiments/demo/ours/config.yaml --ckpt outputs/demo/ours/checkpoints/best.ckpt \
+        [--data-root data/demo] [--list <data-root>/splits/unlabeled.txt] [--thresholds 0 0.5 0.8 0.95] [--limit 200]
+
+Per confidence threshold t (max softmax of the linear head, as the mean teacher thresholds it): coverage (share of
+labeled pixels with confidence >= t), pixel accuracy and mIoU on those pixels, and the share of them predicted
+background against the share that is background: what a student trained on these pseudo-labels is taught.
+"""
+import argparse
+import os
+import sys
+
+import numpy as np
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO_ROOT)
+
+
+def softmax(logits):
+    shifted = np.exp(logits - logits.max(axis=0, keepdims=True))
+    return shifted / shifted.sum(axis=0, keepdims=True)
+
+
+class ThresholdScore:
+    def __init__(self, threshold, num_classes):
+        from ms_semiseg.eval import IoUAccumulator
+        self.threshold, self.iou = threshold, IoUAccumulator(num_classes)
+        self.valid = self.covered = self.correct = self.pred_background = self.true_background = 0
+
+    def update(self, prediction, confidence, label):
+        valid = label != 255
+        covered = valid & (confidence >= self.threshold)
+        self.valid += int(valid.sum())
+        self.covered += int(covered.sum())
+        self.correct += int((covered & (prediction == label)).sum())
+        self.pred_background += int((covered & (prediction == 0)).sum())
+        self.true_background += int((covered & (label == 0)).sum())
+        self.iou.update(prediction, np.where(covered, label, 255))
+
+    def row(self):
+        share = lambda part, whole: 100.0 * part / max(whole, 1)  # noqa: E731
+        return [f"{self.threshold:g}", f"{share(self.covered, self.valid):.1f}", f"{share(self.correct, self.covered):.1f}",
+                f"{100 * self.iou.miou():.1f}", f"{share(self.pred_background, self.covered):.1f}",
+                f"{share(self.true_background, self.covered):.1f}"]
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", required=True)
+    parser.add_argument("--ckpt", required=True)
+    parser.add_argument("--data-root", default=os.path.join(REPO_ROOT, "data", "demo"))
+    parser.add_argument("--list", help="split list (default <data-root>/splits/unlabeled.txt)")
+    parser.add_argument("--thresholds", type=float, nargs="+", default=[0.0, 0.5, 0.8, 0.95])
+    parser.add_argument("--limit", type=int, default=200, help="first N images of the list (default 200)")
+    parser.add_argument("--device", default=None)
+    args = parser.parse_args()
+
+    import ms_semiseg  # noqa: F401  (CPU kernel settings before MindSpore runs)
+    from ms_semiseg.config import load_config
+    from ms_semiseg.data import build_dataset, normalize
+    from ms_semiseg.eval.predictor import Predictor, load_model, prepare_device
+    from ms_semiseg.eval.evaluate import resolved_dataset_config
+    from tqdm import tqdm
+
+    data_root = os.path.abspath(args.data_root)
+    cfg = load_config(args.config, [f"dataset.val.data_list={args.list or os.path.join(data_root, 'splits', 'unlabeled.txt')}"])
+    prepare_device(args.device)
+    dataset_cfg = resolved_dataset_config(cfg, data_root)
+    num_classes = int(cfg["net"]["num_classes"])
+    dataset = build_dataset(dataset_cfg, "val", num_classes=num_classes)
+    predict = Predictor(load_model(cfg, args.ckpt))
+    scores = [ThresholdScore(t, num_classes) for t in args.thresholds]
+    count = min(args.limit, len(dataset))
+    for index in tqdm(range(count), desc="pseudo-labels", unit="img", file=sys.stderr):
+        image, label, _ = dataset[index]
+        logits = predict(normalize(image, dataset_cfg["mean"], dataset_cfg["std"])[None])["pred"][0]
+        probabilities = softmax(logits)
+        prediction, confidence = probabilities.argmax(axis=0), probabilities.max(axis=0)
+        for score in scores:
+            score.update(prediction, confidence, label)
+    header = ["threshold", "coverage %", "accuracy %", "mIoU %", "predicted bg %", "true bg %"]
+    rows = [header] + [score.row() for score in scores]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    print(f"{args.ckpt} on {count} images of {dataset.list_path}")
+    for row in rows:
+        print("  ".join(cell.rjust(width) for cell, width in zip(row, widths)))
+
+
+if __name__ == "__main__":
+    main()
