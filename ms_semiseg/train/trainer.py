@@ -67,11 +67,11 @@ class TrainPlan:
     save_interval: int
     eval_on: bool
     iterations: int  # per epoch, micro-batches (a multiple of `accumulation`)
-    batch: "GlobalBatch" = None
+    batch: "GlobalBatch"
 
     @property
     def accumulation(self):
-        return self.batch.accumulation if self.batch else 1
+        return self.batch.accumulation
 
     @property
     def total_steps(self):
