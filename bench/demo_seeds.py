@@ -19,11 +19,16 @@ import subprocess
 import sys
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-METHODS = (("suponly", "supervised only"), ("pcr", "PCR (ours)"), ("brpg", "BRPG"))
+METHODS = (("suponly", "supervised only"), ("meanteacher", "mean teacher (no prototypes)"), ("pcr", "PCR (ours)"),
+           ("brpg", "BRPG"))
+DEFAULT_METHODS = ["suponly", "meanteacher", "ours"]  # demo --methods keys; brpg with -- --methods ... brpg
 
 
-def run_seed(seed, out_dir, device, extra):
-    command = [sys.executable, "-m", "ms_semiseg", "demo", "--seed", str(seed), "--out-dir", out_dir, *extra]
+def run_seed(seed, data_seed, out_dir, device, extra):
+    command = [sys.executable, "-m", "ms_semiseg", "demo", "--seed", str(seed), "--data-seed", str(data_seed),
+               "--out-dir", out_dir, *extra]
+    if "--methods" not in extra:
+        command += ["--methods", *DEFAULT_METHODS]
     if device:
         command += ["--device", device]
     env = dict(os.environ, PYTHONPATH=REPO_ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
@@ -68,12 +73,13 @@ def method_rows(summaries):
     return rows, linear
 
 
-def gap_line(summaries):
-    gaps = [s["methods"]["pcr"]["miou"] - s["methods"]["suponly"]["miou"] for s in summaries
-            if s["methods"].get("pcr", {}).get("miou") is not None
+def gap_line(summaries, key, title, head="miou"):
+    """`<title> - supervised per seed: ...` for the seeds where both numbers exist (head: miou or miou_proto)."""
+    gaps = [s["methods"][key][head] - s["methods"]["suponly"]["miou"] for s in summaries
+            if s["methods"].get(key, {}).get(head) is not None
             and s["methods"].get("suponly", {}).get("miou") is not None]
     per_seed = ", ".join(f"{g:+.2f}" for g in gaps)
-    return f"PCR - supervised per seed: {per_seed} (mean {format_spread(spread(gaps))})" if gaps else None
+    return f"{title} - supervised per seed: {per_seed} (mean {format_spread(spread(gaps))})" if gaps else None
 
 
 def short(stats):
@@ -83,20 +89,28 @@ def short(stats):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--out", default=os.path.join(REPO_ROOT, "outputs", "demo_seeds"))
+    parser.add_argument("--data-seed", type=int, default=0,
+                        help="generated dataset (0: the one the demo was tuned on; 101, 202: the held-out ones)")
+    parser.add_argument("--out", default=None, help="default outputs/demo_seeds (outputs/demo_seeds_data<N> for "
+                                                     "--data-seed N)")
     parser.add_argument("--device", default=None)
     parser.add_argument("extra", nargs="*", help="more demo options after `--`, e.g. -- --methods suponly ours")
     args = parser.parse_args()
-    summaries = [run_seed(seed, os.path.join(os.path.abspath(args.out), f"seed{seed}"), args.device, args.extra)
-                 for seed in args.seeds]
+    out = args.out or os.path.join(REPO_ROOT, "outputs",
+                                   "demo_seeds" + (f"_data{args.data_seed}" if args.data_seed else ""))
+    summaries = [run_seed(seed, args.data_seed, os.path.join(os.path.abspath(out), f"seed{seed}"), args.device,
+                          args.extra) for seed in args.seeds]
     rows, linear = method_rows(summaries)
-    print(f"\nseeds {args.seeds}: mean ± sample std (min .. max) of the val mIoU (%)")
+    print(f"\ndata seed {args.data_seed}, training seeds {args.seeds}: mean ± sample std (min .. max) of the val "
+          "mIoU (%)")
     print("| method | iterations | mIoU linear | mIoU proto | train time (mean) |")
     print("| --- | --- | --- | --- | --- |")
     print("\n".join(rows))
-    gap = gap_line(summaries)
-    if gap:
-        print(gap)
+    for key, title, head in (("meanteacher", "mean teacher", "miou"), ("pcr", "PCR linear", "miou"),
+                             ("pcr", "PCR prototype head", "miou_proto"), ("brpg", "BRPG", "miou")):
+        gap = gap_line(summaries, key, title, head)
+        if gap:
+            print(gap)
     print(f"demo seeds: n={len(summaries)} " + " ".join(f"{key}={short(linear[key])}" for key, _ in METHODS))
 
 

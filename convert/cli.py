@@ -1,4 +1,7 @@
-"""`python -m convert {pth2ckpt,ckpt2pth,random,parity}`."""
+"""`python -m convert {pth2ckpt,ckpt2pth,random,parity}` (installed: `ms-semiseg convert ...` or `ms-semiseg-convert`).
+
+Checkpoints in: PyTorch .pth (torch.save) or .safetensors state dicts; MindSpore .ckpt or .safetensors (told apart by
+their bytes). Out: `--format` (default from the --out suffix): pth2ckpt ckpt|safetensors, ckpt2pth pth|safetensors."""
 import argparse
 import os
 import sys
@@ -41,29 +44,44 @@ def pth_to_ms_params(cfg, pth_path, state=None):
 
 
 def cmd_pth2ckpt(args):
-    from ms_semiseg.utils.checkpoint import save_params_atomic
-    cfg = load_config(args.config)
+    from ms_semiseg.utils.checkpoint import output_format, save_params_atomic
+    fmt = output_format(args.out, args.format)
+    cfg = load_config(args.config, args.opts)
     start = time.perf_counter()
     params, entry = pth_to_ms_params(cfg, args.pth, args.state)
     if args.module_prefix:
         params = {"module." + k: v for k, v in params.items()}
-    save_params_atomic(params, args.out)
-    print(f"read {entry} of {args.pth}: {len(params)} tensors -> {args.out} "
-          f"({time.perf_counter() - start:.1f} s)")
+    save_params_atomic(params, args.out, format=fmt)
+    print(f"read {entry} of {args.pth}: {len(params)} tensors -> {args.out} ({fmt}, "
+          f"{time.perf_counter() - start:.1f} s)")
 
 
-def read_ms_params(cfg, ckpt_path):
-    from ms_semiseg.utils.checkpoint import compare_to_model, read_checkpoint, strip_prefix
-    params = {k: v.asnumpy() for k, v in strip_prefix(read_checkpoint(ckpt_path)).items()}
-    compare_to_model(params, expected_shapes(cfg), ckpt_path)
-    return params
+def read_ms_params(cfg, ckpt_path, say=print):
+    """Numpy params of a MindSpore .ckpt checked against the model: ours, `module.`-prefixed, or a file of the original
+    PCR MindSpore release (its missing aux-conv bias read as zeros); harmless extras skipped (see match_checkpoint)."""
+    from ms_semiseg.utils.checkpoint import match_checkpoint, read_checkpoint
+    params, report = match_checkpoint(read_checkpoint(ckpt_path), expected_shapes(cfg), ckpt_path)
+    for note in report.notes:
+        say(note)
+    return {k: v.asnumpy() for k, v in params.items()}
+
+
+def torch_output_format(path, requested=None):
+    """'pth' or 'safetensors' for ckpt2pth's output: --format when given, else the --out suffix."""
+    if requested is not None:
+        return requested
+    return "safetensors" if str(path).lower().endswith(".safetensors") else "pth"
 
 
 def cmd_ckpt2pth(args):
-    import torch
+    torch = mapping.import_torch()
     from ms_semiseg.utils.atomic import atomic_target
     from .torch_model import TorchModelBuilder
-    cfg = load_config(args.config)
+    fmt = torch_output_format(args.out, args.format)
+    if fmt == "safetensors" and not args.plain:
+        raise UserError("--format safetensors writes a flat state dict: add --plain (the U2PL layout nests "
+                        "model_state, which safetensors cannot hold)")
+    cfg = load_config(args.config, args.opts)
     torch_params = mapping.ms_to_torch(read_ms_params(cfg, args.ckpt))
     reference = TorchModelBuilder(net_config(cfg)).state_dict()
     state_dict = {k: torch.from_numpy(np.ascontiguousarray(torch_params[k])) for k in reference}
@@ -71,16 +89,21 @@ def cmd_ckpt2pth(args):
     reference_model.load_state_dict(state_dict, strict=True)  # proves the file loads strictly before writing it
     payload = state_dict if args.plain else {"model_state": {"module." + k: v for k, v in state_dict.items()}}
     with atomic_target(args.out) as tmp:
-        torch.save(payload, tmp)
+        if fmt == "safetensors":
+            from safetensors.torch import save_file
+            save_file(state_dict, tmp, metadata={"format": "pt"})
+        else:
+            torch.save(payload, tmp)
     print(f"{args.ckpt}: {len(state_dict)} tensors -> {args.out}"
+          + (" (safetensors state dict)" if fmt == "safetensors" else "")
           + ("" if args.plain else " (U2PL layout: model_state with module. prefix)"))
 
 
 def cmd_random(args):
-    import torch
+    torch = mapping.import_torch()
     from ms_semiseg.utils.atomic import atomic_target
     from .reference import random_reference_model
-    cfg = load_config(args.config)
+    cfg = load_config(args.config, args.opts)
     teacher = random_reference_model(net_config(cfg), seed=args.seed)
     teacher_state = {"module." + k: v for k, v in teacher.state_dict().items()}
     # the student differs slightly, so tools that must pick the teacher are checked by tests
@@ -98,27 +121,45 @@ def cmd_parity(args):
     return run_parity(args)
 
 
-def add_common(parser):
+def add_common(parser, opts=True):
     parser.add_argument("--config", required=True, help="upstream config.yaml (its net: section builds the model)")
+    if opts:
+        parser.add_argument("--opts", nargs="*", default=[], metavar="KEY=VALUE",
+                            help="config overrides, e.g. net.encoder.kwargs.stem_pool=same")
 
 
-def build_parser():
-    parser = argparse.ArgumentParser(prog="python -m convert", description=__doc__)
+def program_name():
+    """`ms-semiseg-convert` when run as that installed command, else `python -m convert`."""
+    return "ms-semiseg-convert" if os.path.basename(sys.argv[0] or "") == "ms-semiseg-convert" else "python -m convert"
+
+
+def build_parser(prog=None):
+    parser = argparse.ArgumentParser(prog=prog or program_name(), description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("pth2ckpt", help="PyTorch U2PL/PCR .pth (or ImageNet ResNet) -> MindSpore .ckpt")
+    p = sub.add_parser("pth2ckpt", help="PyTorch U2PL/PCR .pth or .safetensors (or ImageNet ResNet) -> MindSpore "
+                                        ".ckpt or .safetensors")
     add_common(p)
-    p.add_argument("--pth", required=True)
+    p.add_argument("--pth", required=True, help="torch.save file, or a state dict saved as .safetensors")
     p.add_argument("--out", required=True)
+    p.add_argument("--format", choices=("ckpt", "safetensors"), default=None,
+                   help="MindSpore checkpoint format to write (default: safetensors when --out ends in "
+                        ".safetensors, else ckpt)")
     p.add_argument("--state", default=None, help="entry of the checkpoint dict (default: teacher_state when "
-                                                 "present, else model_state, state_dict, model, or a plain state_dict)")
+                                                 "present, else model_state, state_dict, model, or a plain state_dict;"
+                                                 " in a .safetensors file: a name prefix)")
     p.add_argument("--module-prefix", action="store_true",
                    help="write `module.`-prefixed names, as the original PCR MindSpore eval.py expects")
     p.set_defaults(func=cmd_pth2ckpt)
-    p = sub.add_parser("ckpt2pth", help="MindSpore .ckpt -> PyTorch .pth (loads with strict=True)")
+    p = sub.add_parser("ckpt2pth", help="MindSpore .ckpt (ours or the original PCR MindSpore release's) -> PyTorch "
+                                        ".pth (loads with strict=True)")
     add_common(p)
-    p.add_argument("--ckpt", required=True)
+    p.add_argument("--ckpt", required=True, help="MindSpore .ckpt or .safetensors")
     p.add_argument("--out", required=True)
     p.add_argument("--plain", action="store_true", help="write a bare state_dict instead of the U2PL layout")
+    p.add_argument("--format", choices=("pth", "safetensors"), default=None,
+                   help="pth (torch.save) or safetensors (a flat state dict, needs --plain); default: safetensors "
+                        "when --out ends in .safetensors, else pth")
     p.set_defaults(func=cmd_ckpt2pth)
     p = sub.add_parser("random", help="randomly initialised reference checkpoint in the U2PL layout")
     add_common(p)
@@ -126,7 +167,7 @@ def build_parser():
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_random)
     p = sub.add_parser("parity", help="run PyTorch and MindSpore on the same input and compare every head")
-    add_common(p)
+    add_common(p, opts=False)
     p.add_argument("--pth", default=None, help="weights to compare (default: random weights)")
     p.add_argument("--state", default=None)
     p.add_argument("--height", type=int, default=513)

@@ -7,7 +7,6 @@ shape, so conv biases and 1-d parameters are left alone.
 import os
 
 import numpy as np
-import torch
 
 from ms_semiseg.errors import UserError
 
@@ -17,11 +16,26 @@ STATE_KEYS = ("teacher_state", "model_state", "state_dict", "model")
 OLD_PROTO_PREFIX = "relation_net."  # name of the prototype head in older PCR code
 
 
+def import_torch():
+    """torch, or a one-line UserError saying how to install it (only the converter and parity need it)."""
+    try:
+        import torch
+    except ImportError:
+        raise UserError("this command needs PyTorch (CPU is enough): pip install torch, or pip install "
+                        "'ms-semiseg[torch]'") from None
+    return torch
+
+
 def read_pth(path, state=None):
     """Returns (state_dict of numpy arrays, the entry it came from) from a U2PL/PCR checkpoint dict, a dict with
-    a `state_dict`/`model` entry, or a plain state_dict. The teacher is preferred when present."""
+    a `state_dict`/`model` entry, or a plain state_dict: a torch.save file or a .safetensors state dict (see
+    read_safetensors_state). The teacher is preferred when present."""
+    from ms_semiseg.utils.checkpoint import is_safetensors
+    torch = import_torch()
     if not os.path.isfile(path):
-        raise UserError(f"{path}: file not found, expected a PyTorch .pth checkpoint")
+        raise UserError(f"{path}: file not found, expected a PyTorch .pth or .safetensors checkpoint")
+    if is_safetensors(path):
+        return read_safetensors_state(path, state)
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch.load raises many types (UnpicklingError, KeyError, EOFError...) on bad files
@@ -34,7 +48,42 @@ def read_pth(path, state=None):
     if bad:
         raise UserError(f"{path}: entry {entry!r} is not a state_dict ({bad[0]!r} is a {type(tensors[bad[0]]).__name__}),"
                         f" expected tensors; choose another with --state")
-    return {k: v.detach().cpu().numpy() for k, v in strip_module(tensors).items()}, entry
+    return {k: _to_numpy(v) for k, v in strip_module(tensors).items()}, entry
+
+
+def read_safetensors_state(path, state=None):
+    """(numpy state_dict, entry) of a safetensors file holding a PyTorch state dict (safetensors.torch.save_file,
+    e.g. `model.safetensors` of a hub). The file is flat: `--state NAME` selects the names under `NAME.` (a nested
+    checkpoint flattened with dotted keys, e.g. teacher_state.module.encoder...) and strips that prefix; without it
+    the whole file is the state dict, or its teacher_state./model_state./state_dict./model. part when every name
+    has one of these prefixes."""
+    try:
+        from safetensors.torch import load_file
+        tensors = load_file(path, device="cpu")
+    except Exception as exc:  # SafetensorError / OSError with a long text on a corrupt file
+        raise UserError(f"{path}: not a readable safetensors file ({_load_failure(exc)}), expected a state dict "
+                        "written by safetensors.torch.save_file") from None
+    if not tensors:
+        raise UserError(f"{path}: holds no tensors, expected a state dict")
+    entry = "(plain state_dict, safetensors)"
+    if state is None:
+        tops = {name.split(".", 1)[0] for name in tensors}
+        state = next((key for key in STATE_KEYS if key in tops), None) if tops <= set(STATE_KEYS) else None
+    if state is not None:
+        prefix = state + "."
+        selected = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+        if not selected:
+            tops = sorted({name.split(".", 1)[0] for name in tensors})[:8]
+            raise UserError(f"{path}: no tensors under {prefix!r}, expected names such as {tops} (--state selects "
+                            "a name prefix in a safetensors file)")
+        tensors, entry = selected, f"{state} (safetensors)"
+    return {k: _to_numpy(v) for k, v in strip_module(tensors).items()}, entry
+
+
+def _to_numpy(tensor):
+    import torch
+    tensor = tensor.detach().cpu()
+    return (tensor.float() if tensor.dtype == torch.bfloat16 else tensor).numpy()  # numpy has no bfloat16
 
 
 def _load_failure(exc):

@@ -55,9 +55,21 @@ class Bottleneck(nn.Module):
         return self.relu(self.bn3(self.conv3(out)) + identity)
 
 
+class SamePadMaxPool(nn.Module):
+    """MindSpore's MaxPool2d(3, 2, pad_mode='same') in torch (the original PCR MindSpore release's stem): ceil(n/2)
+    outputs, the total padding max((out - 1) * 2 + 3 - n, 0) split with the smaller half first, padded with -inf."""
+
+    def forward(self, x):
+        pads = []
+        for size in (x.shape[-1], x.shape[-2]):  # F.pad order: last dim first
+            total = max((-(-size // 2) - 1) * 2 + 3 - size, 0)
+            pads += [total // 2, total - total // 2]
+        return F.max_pool2d(F.pad(x, pads, value=float("-inf")), 3, 2)
+
+
 class ResNet(nn.Module):
     def __init__(self, arch, zero_init_residual=False, replace_stride_with_dilation=(False, False, False),
-                 multi_grid=False, fpn=False, deep_stem=True):
+                 multi_grid=False, fpn=False, deep_stem=True, stem_pool="pytorch"):
         super().__init__()
         kind, layers = BLOCKS[arch]
         block = Bottleneck if kind == "bottleneck" else BasicBlock
@@ -72,7 +84,9 @@ class ResNet(nn.Module):
             self.inplanes = 64
         self.bn1 = nn.BatchNorm2d(self.inplanes)
         self.relu = nn.ReLU(inplace=True)
-        self.maxpool = nn.MaxPool2d(3, 2, 1, ceil_mode=True)
+        if stem_pool not in ("pytorch", "same"):
+            raise ValueError(f"stem_pool {stem_pool!r}: expected 'pytorch' or 'same'")
+        self.maxpool = SamePadMaxPool() if stem_pool == "same" else nn.MaxPool2d(3, 2, 1, ceil_mode=True)
         self.dilation = 1
         dilate = (False,) + tuple(replace_stride_with_dilation)
         self.layer1 = self._make_layer(block, 64, layers[0], 1, dilate[0])

@@ -8,7 +8,7 @@ import importlib.util
 import os
 import sys
 
-from .errors import UserError
+from .errors import UserError, user_error_in
 
 COMMANDS = {
     "env": ("ms_semiseg.device_cli", "print MindSpore/torch/numpy/CUDA versions and usable devices"),
@@ -19,6 +19,8 @@ COMMANDS = {
     "demo": ("ms_semiseg.demo.run", "run the bundled CPU demo end to end"),
     "split": ("ms_semiseg.data.make_splits", "write labeled/unlabeled split lists for your dataset"),
     "init-protos": ("ms_semiseg.train.proto_init", "k-means prototype initialisation from a checkpoint"),
+    "convert": ("ms_semiseg.converter", "PyTorch <-> MindSpore checkpoints (.pth/.ckpt/.safetensors) and parity"),
+    "report": ("ms_semiseg.eval.report", "VOC / Cityscapes tables: eval metrics.json vs the published mIoU"),
 }
 
 
@@ -27,8 +29,13 @@ def quiet_mindspore_logs():
     os.environ.setdefault("GLOG_v", "3")
 
 
+def program_name():
+    """`ms-semiseg` when run as the installed command, else `python -m ms_semiseg`."""
+    return "ms-semiseg" if os.path.basename(sys.argv[0] or "") == "ms-semiseg" else "python -m ms_semiseg"
+
+
 def build_parser(available):
-    parser = argparse.ArgumentParser(prog="python -m ms_semiseg", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog=program_name(), description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="command")
     modules = {}
     for name, (module_name, help_text) in available.items():
@@ -48,19 +55,30 @@ def available_commands():
 
 
 def run_cli(run, argv=None):
-    """Runs `run(argv)`; UserError -> `error: <message>` on stderr and exit 2."""
+    """Runs `run(argv)`; UserError (also one wrapped by MindSpore's dataset pipeline) -> `error: <message>` on
+    stderr and exit 2 (Interrupted: `interrupted: <message>`, exit 130 / 143)."""
     quiet_mindspore_logs()
     try:
         return run(argv) or 0
     except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"{exc.prefix}: {exc}", file=sys.stderr)
         return exc.exit_code
+    except RuntimeError as exc:  # a UserError that MindSpore's dataset pipeline wrapped into its own error text
+        error = user_error_in(exc)
+        if error is None:
+            raise
+        print(f"{error.prefix}: {error}", file=sys.stderr)
+        return error.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
 
 
 def _dispatch(argv):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["convert"]:  # the converter parses its own arguments (and answers `convert -h` itself)
+        from .converter import run_converter
+        return run_converter(argv[1:], f"{program_name()} convert")
     parser, modules = build_parser(available_commands())
     args = parser.parse_args(argv)
     return modules[args.command].run(args)

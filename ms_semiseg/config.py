@@ -17,9 +17,13 @@ OPTIONAL_KEYS = {
     "trainer.save_interval",  # iterations between mid-epoch checkpoints, default 0 (epoch ends only)
     "trainer.freeze_bn",  # BatchNorm uses its moving statistics in training too and keeps them, default false
     "dataset.train.strong_view",  # unlabeled strong view for the student (BRPG/UniMatch), default false
+    "dataset.on_bad_image",  # error (default: stop, naming the file) or skip (train without it, listed at the end)
     "trainer.base_batch_size",  # the global batch the lr was tuned for (README "Fewer devices")
     "trainer.grad_accumulation",  # micro-batches per optimizer update, default 1
     "trainer.lr_scaling",  # none (default) or linear: lr x global batch / base_batch_size
+    "trainer.decoder_lr_times",  # decoder lr / encoder lr, default U2PL's 10 (pascal) or 1 (a from-scratch backbone: 1)
+    "net.decoder.kwargs.head_planes",  # width of the stride-4 decoder head, default 256 (U2PL's fixed width)
+    "net.encoder.kwargs.stem_pool",  # pytorch (default, the paper) or same (the original PCR MindSpore release)
 }
 
 # Expected types of keys that must be present when a section is used (checked with `require`).

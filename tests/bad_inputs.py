@@ -1,5 +1,6 @@
 """The bad inputs users hit, run through the real command lines. Shared by `tests/test_bad_input.py` and by
-`python -m tests.bad_inputs`, which prints the README's table (input, command, the one line the user sees).
+`python -m tests.bad_inputs`, which prints the README's table (input, command, the one line the user sees),
+followed by the faults met while `train` runs (`tests/run_faults.py`, tested by `tests/test_run_faults.py`).
 
 Each case builds its input in a fresh folder from a valid workspace (tiny ResNet-18 config, a 4-image VOC fixture,
 a matching checkpoint) and returns the command line; the expectation is exit code 2, one `error:` line naming the
@@ -203,6 +204,9 @@ def main():
         argv = build_case(ws, case_id, os.path.join(root, case_id + "_argv"))
         command = f"{argv[0]} {argv[1]}"
         print(f"| {number} | {what} | `{command}` | `{line}` (exit {result.returncode}) |")
+    from tests.run_faults import table_rows  # faults met while `train` runs (tests/test_run_faults.py)
+    for row in table_rows(os.path.join(root, "run_faults"), len(CASES) + 1):
+        print(row.replace(root, "…"))
     shutil.rmtree(root, ignore_errors=True)
 
 

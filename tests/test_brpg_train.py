@@ -20,6 +20,9 @@ from scipy.ndimage import gaussian_filter
 
 from fixtures import make_voc_fixture
 from helpers import REPO_ROOT, tiny_config, write_config
+from helpers import assert_well_posed, top2_margin
+from test_brpg import DECISION_TOL, prototype_margins
+from test_losses import ohem_well_posed
 from test_train import last_step_logged, load_params, read_log, start_training
 
 from ms_semiseg.config import load_config
@@ -128,6 +131,9 @@ def test_checkpoints_hold_the_prototypes_and_best_loads_into_the_model(tiny_run)
 
 
 def test_stopped_after_the_window_resumes_across_the_clustering_to_the_same_weights(tiny_run):
+    """Bit-identical, on purpose: the resumed run and the uninterrupted one are the same computation on the same
+    machine (same code, seed, environment and kernels): a same-machine determinism claim, where any difference is
+    BRPG state (queues, prototypes, sampling draws) lost across the resume. Another CPU gives other, equal bits."""
     returncode, _, stderr = tiny_run["runs"]["B"]
     assert returncode == 0, stderr[-3000:]
     stopped = tiny_run["stopped"]
@@ -176,10 +182,12 @@ def clustered_brpg(protos, valid):
     return brpg
 
 
+@pytest.mark.numeric
 def test_semi_step_adds_l_pro_and_moves_the_prototypes_only_in_the_loss_phase(graph_mode):
     """The compiled BRPG step against its parts run separately on the student's pre-step forward: L_pro in the
     total, the prototype EMA from the step's own features, the detached labeled outputs; loss_on = 0 leaves
-    both the loss and the prototypes untouched."""
+    both the loss and the prototypes untouched. Two code paths (one graph vs PyNative parts), so values agree to
+    tolerances, and the matched prototypes and predicted classes are checked to be far from ties."""
     ms.set_seed(0)
     rng = np.random.default_rng(0)
     pair = MeanTeacherPair(RepSegmentor(), RepSegmentor())
@@ -209,6 +217,9 @@ def test_semi_step_adds_l_pro_and_moves_the_prototypes_only_in_the_loss_phase(gr
     pair.student.set_train(True)
     pred, _, rep, _ = pair.student(Tensor(np.concatenate((x_l, x_u))))
     expected = reference.state.loss_cell(rep[:B], Tensor(y_l), grid, rep[B:], pseudo, conf, noise, threshold)
+    feats, target, scores = (value.asnumpy() for value in expected[1:4])
+    assert_well_posed(prototype_margins(feats, protos, valid, target), DECISION_TOL, "matched prototype")
+    assert_well_posed(top2_margin(scores[target != 255], axis=1), DECISION_TOL, "predicted class (best score)")
     reference.state.ema_update(*expected[1:])
 
     def step(extra):
@@ -290,11 +301,13 @@ def torch_ohem(logits, target, thresh, min_kept):
     return F.cross_entropy(logits, flat.reshape(target.shape), ignore_index=255)
 
 
+@pytest.mark.numeric
 def test_brpg_supervised_criterion_is_weighted_ce_plus_ohem():
     rng = np.random.default_rng(0)
     logits = (3 * rng.standard_normal((2, 4, 9, 9))).astype(np.float32)
     target = rng.integers(0, 4, (2, 9, 9)).astype(np.int32)
     target[:, :2] = 255
+    ohem_well_posed(logits, target, 0.7, 50)  # OHEM keeps the same pixels in any float32 implementation
     cfg = load_config(BRPG_CONFIG)
     cfg["criterion"]["weight"], cfg["criterion_2"]["weight"] = 0.3, 0.7
     cfg["criterion_2"]["kwargs"] = {"thresh": 0.7, "min_kept": 50}

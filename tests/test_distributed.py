@@ -19,6 +19,12 @@ and three tiny CPU runs (ResNet-18, crop 33, 2 epochs x 2 iterations, global bat
   global batch), gradient averaging, the prototype statistics summed over ranks, k-means prototypes, the EMA
   teacher, the LR schedule and the gathered validation counts. Measured: max|diff| 6e-8, equal losses.
 A test that needs msrun and cannot start it (msrun missing, no free port) is skipped with the reason.
+
+Bit-identical vs tolerance: the ranks of one run hold replicas of one computation on one machine (same inputs after
+the all-reduce, same kernels), so they must be equal bit for bit: a same-machine determinism claim, where any
+difference is a replica that drifted, which a tolerance would hide. 2 workers vs 1 process are two computations
+(other batch shapes, another summation order of the gradients), so they are compared with a tolerance (1e-5, ~100
+float32 ulps at the weights' scale, 170x the measured 6e-8).
 """
 import csv
 import glob
@@ -269,6 +275,8 @@ def worker_failure(result):
 
 
 def test_two_workers_end_with_identical_replicas(runs):
+    """Bit-identical replicas: every rank runs the same computation on the same machine (same-machine determinism);
+    on another CPU the bits change on all ranks alike."""
     dp = runs["dp"]
     assert dp["rc"] == 0, worker_failure(dp)
     ranks = [load_params(runs["root"] / "dp_ranks" / f"rank{r}.ckpt") for r in range(2)]
@@ -302,7 +310,7 @@ def test_two_workers_match_one_process_of_the_global_batch(runs):
     single = load_params(runs["root"] / "eq1_ranks" / "rank0.ckpt")
     ranks = [load_params(runs["root"] / "eq2_ranks" / f"rank{r}.ckpt") for r in range(2)]
     assert set(single) == set(ranks[0])
-    for name, value in single.items():
+    for name, value in single.items():  # ranks of one run: bit-identical; 2 workers vs 1 process: a tolerance
         np.testing.assert_array_equal(ranks[1][name], ranks[0][name], err_msg=name)
         np.testing.assert_allclose(ranks[0][name], value, rtol=0, atol=1e-5, err_msg=name)
     moved = max(np.abs(single["student." + k[len("teacher."):]] - v).max() for k, v in single.items()
@@ -315,7 +323,13 @@ def test_two_workers_match_one_process_of_the_global_batch(runs):
 
 
 def test_validation_counts_are_gathered_from_both_ranks(runs):
-    """Each rank validates half of the 3 images; the summed counts give the single process's mIoU."""
+    """Each rank validates half of the 3 images; the summed counts give the single process's mIoU.
+
+    Compared to 1e-9, i.e. the same integer counts: the two runs' weights differ by <= 6e-8 (measured; asserted
+    <= 1e-5 above), far below the top-2 margin of any of the 3 x 33 x 33 validation pixels in practice, so both
+    predict the same classes. Strictly this is a cross-computation claim that a pixel within ~1e-6 of a tie could
+    break; a tolerance of a few pixels' worth of mIoU would be too loose to notice a rank's counts going missing,
+    which is what this test is for. If it ever fails with a small difference, look at near-tie pixels first."""
     from ms_semiseg.train.state import read_meta
     histories = [read_meta(str(runs["root"] / name / "checkpoints" / "last.ckpt"))["history"]
                  for name in ("eq1", "eq2")]

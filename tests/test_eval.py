@@ -1,6 +1,12 @@
 """Evaluation, inference and export: mIoU parity of a converted model against the PyTorch reference pipeline
 (VOC whole image, Cityscapes sliding window), eval.sh end to end, checkpoint handling, compile strategies,
-infer outputs and the MindIR round trip. Tiny ResNet-18 models and tiny images keep it fast."""
+infer outputs and the MindIR round trip. Tiny ResNet-18 models and tiny images keep it fast.
+
+mIoU parity is stated so that it holds on any CPU: our class map equals the reference's at every decisive pixel
+(top-2 margin of the reference logits above the float32 tolerance of the logits, measured against the model in
+float64), near-tie pixels are few and may go either way, and the reported IoUs are U2PL's formula over our own
+class maps. A fixed mIoU tolerance would hold only while no near-tie pixel flips."""
+import copy
 import json
 import os
 import re
@@ -9,20 +15,21 @@ import subprocess
 import cv2
 import numpy as np
 import pytest
+import torch
 
 from ms_semiseg.config import load_config, net_config
 from ms_semiseg.data import VOC_PALETTE, build_dataset, build_transform
 from ms_semiseg.errors import UserError
 from tests.fixtures import make_cityscapes_fixture, make_voc_fixture
-from tests.helpers import (CITY_CONFIG, REPO_ROOT, VOC_CONFIG, assert_user_error, run_module, tiny_config,
-                           write_config)
+from tests.helpers import (CITY_CONFIG, REPO_ROOT, VOC_CONFIG, assert_user_error, float32_tol, run_module,
+                           tiny_config, top2_margin, write_config)
 
 VOC_SIZES = [(41, 53), (53, 37)]
 VOC_IDS = [f"2007_{index:06d}" for index in range(6)]
 CITY_NAMES = ["val/lindau/lindau_000000_000019"]
 CITY_SIZE = (40, 72)
 CITY_PROTOCOL = dict(crop=(33, 33), base_size=64, flip=True)  # 36x64 after resizing: 2x3 windows of 33
-MIOU_TOL = 0.01  # percent
+NEAR_TIES = 1e-3  # at most this fraction of the pixels may be near ties, so that decisive agreement means much
 LAST_LINE = re.compile(r"^mIoU: (\d+\.\d\d) \(proto: (\d+\.\d\d|n/a)\)$")
 
 
@@ -102,16 +109,105 @@ def city(tmp_path_factory):
 
 
 def _ours(setup, protocol, strategy="static"):
-    """mIoU (percent) per head through our pipeline with the converted model."""
+    """mIoU (percent) per head through our pipeline with the converted model, the accumulators and the class maps
+    ({sample_id: {head: map}})."""
     from convert.parity import ms_model_from_torch
     from ms_semiseg.eval.evaluate import evaluate_dataset
     from ms_semiseg.eval.predictor import Predictor
     _setup_mindspore()
     model = ms_model_from_torch(setup["cfg"], setup["torch_model"])
     predictor = Predictor(model, strategy, max_cached_shapes=protocol.shapes_per_image)
+    maps = {}
     accumulators = evaluate_dataset(setup["dataset"], predictor, protocol, setup["transform"].mean,
-                                    setup["transform"].std, progress=False)
-    return {head: 100.0 * accumulator.miou() for head, accumulator in accumulators.items()}, accumulators
+                                    setup["transform"].std, on_prediction=maps.__setitem__, progress=False)
+    return {head: 100.0 * accumulator.miou() for head, accumulator in accumulators.items()}, accumulators, maps
+
+
+def _logit_tolerance(setup):
+    """How far a correct float32 port may be from the reference logits: for one forward of the reference model on
+    each fixture image, |ours - ref32| <= |ours - fp64| + |ref32 - fp64| <= 2 * helpers.float32_tol (2x torch's
+    float32 floor + 8 ulps; the parity tests hold MindSpore to that). The largest over images and heads."""
+    if "logit_tol" not in setup:
+        from ms_semiseg.eval.reference import to_tensor, torch_predict
+        predict32 = torch_predict(setup["torch_model"])
+        predict64 = torch_predict(copy.deepcopy(setup["torch_model"]).double())
+        tol = 0.0
+        for index in range(len(setup["dataset"])):
+            x = to_tensor(setup["dataset"][index][0], setup["transform"].mean, setup["transform"].std)
+            out32, out64 = predict32(x), predict64(x.double())
+            tol = max([tol] + [2 * float32_tol(out32[h].numpy(), out64[h].numpy()) for h in out32])
+        setup["logit_tol"] = tol
+    return setup["logit_tol"]
+
+
+def _near_tie_miou_bound(intersection, union, near_ties):
+    """Largest change (percent) of U2PL's mIoU when `near_ties` labelled pixels change class: a class's
+    intersection and union each move by at most n pixels, so its IoU by at most 2n / (union - n); and a pixel
+    changes the counts of two classes only, so the IoUs change by at most 2n / (smallest union - n) in all."""
+    present = union > 0
+    if near_ties == 0 or not present.any():
+        return 0.0
+    per_class = np.minimum(2.0 * near_ties / np.maximum(union[present] - near_ties, 1), 1.0).sum()
+    per_pixel = 2.0 * near_ties / max(union[present].min() - near_ties, 1)
+    return 100.0 * float(min(per_class, per_pixel)) / len(union)
+
+
+def _reference_view(setup, head, forwards=1):
+    """The reference's side of a parity check, per head: {sample_id: (argmax map, decisive mask, label)}, U2PL's
+    (intersection, union) of its maps and the number of labelled near-tie pixels. Decisive: top-2 margin of the
+    reference logits above twice the port's logit tolerance (a flip needs both to move by the margin's half);
+    `forwards`: logits summed per pixel (2 with flip), each with its own rounding."""
+    key = ("reference_view", head, forwards)
+    if key not in setup:
+        from ms_semiseg.eval.reference import intersection_and_union
+        dataset, margin_tol = setup["dataset"], 2 * forwards * _logit_tolerance(setup)
+        maps, counts, near_ties, pixels = {}, [0, 0], 0, 0
+        for index in range(len(dataset)):
+            _, label, sample_id = dataset[index]
+            logits = setup["logits"](index)[head][0].numpy()
+            decisive = top2_margin(logits, axis=0) > margin_tol
+            maps[sample_id] = (logits.argmax(0), decisive, label)
+            labelled = label != dataset.ignore_label
+            near_ties += int((~decisive & labelled).sum())
+            pixels += int(labelled.sum())
+            intersection, union = intersection_and_union(maps[sample_id][0], label, dataset.num_classes,
+                                                         dataset.ignore_label)
+            counts = [counts[0] + intersection, counts[1] + union]
+        print(f"{head}: {near_ties} of {pixels} labelled pixels are near ties (margin <= {margin_tol:.1e})")
+        assert near_ties <= NEAR_TIES * pixels, (head, near_ties, pixels)  # the decisive check covers nearly all
+        setup[key] = (maps, counts[0], counts[1], near_ties)
+    return setup[key]
+
+
+def _assert_decisive_agreement(setup, head, class_maps, forwards=1):
+    """Our class maps ({sample_id: map}) equal the reference's argmax at every decisive pixel."""
+    reference = _reference_view(setup, head, forwards)[0]
+    assert sorted(class_maps) == sorted(reference)
+    for sample_id, (ref_map, decisive, _) in reference.items():
+        disagree = decisive & (np.asarray(class_maps[sample_id]).astype(np.int64) != ref_map)
+        assert not disagree.any(), (head, sample_id, f"{int(disagree.sum())} decisive pixels disagree")
+
+
+def _assert_miou_parity(setup, head, miou, iou, class_maps=None, forwards=1, reference=None):
+    """Our mIoU is the reference's up to what its near-tie pixels can move. With our class maps, more: they equal
+    the reference's at every decisive pixel, and our IoUs are U2PL's formula over them. `reference`: the reference
+    pipeline's {head: {'miou'}}, the same torch computation as the logits used here (so equal to 1e-9)."""
+    from ms_semiseg.eval.reference import intersection_and_union
+    maps, ref_i, ref_u, near_ties = _reference_view(setup, head, forwards)
+    if class_maps is not None:
+        _assert_decisive_agreement(setup, head, class_maps, forwards)
+        counts = [intersection_and_union(np.asarray(class_maps[sample_id]).astype(np.int64), label,
+                                         setup["dataset"].num_classes, setup["dataset"].ignore_label)
+                  for sample_id, (_, _, label) in maps.items()]
+        u2pl_iou = sum(c[0] for c in counts) / (sum(c[1] for c in counts) + 1e-10)
+        np.testing.assert_allclose(iou, u2pl_iou, rtol=0, atol=1e-12, err_msg=head)
+        assert abs(miou - 100.0 * float(np.mean(u2pl_iou))) <= 1e-9, (head, miou)
+    reference_miou = 100.0 * float(np.mean(ref_i / (ref_u + 1e-10)))
+    if reference is not None:
+        assert abs(reference[head]["miou"] - reference_miou) <= 1e-9, (head, reference[head]["miou"], reference_miou)
+    bound = _near_tie_miou_bound(ref_i, ref_u, near_ties)
+    print(f"{head}: mIoU ours {miou:.6f} reference {reference_miou:.6f}, near-tie bound {bound:.4f}")
+    assert abs(miou - reference_miou) <= bound + 1e-9, (head, miou, reference_miou, bound)
 
 
 def _assert_meaningful(setup, reference):
@@ -126,34 +222,49 @@ def _assert_meaningful(setup, reference):
 
 # ------------------------------------------------------------------------------------------------ mIoU parity
 
+@pytest.mark.numeric
 def test_voc_whole_image_miou_matches_pytorch_reference(voc):
     from ms_semiseg.eval.evaluate import Protocol
     from ms_semiseg.eval.reference import evaluate_reference
     reference = evaluate_reference(voc["torch_model"], voc["dataset"], voc["transform"].mean, voc["transform"].std,
                                    "whole")
-    ours, accumulators = _ours(voc, Protocol("whole"))
+    ours, accumulators, maps = _ours(voc, Protocol("whole"))
     _assert_meaningful(voc, reference)
     assert sorted(ours) == ["pred", "proto"]
     for head in ours:
-        assert abs(ours[head] - reference[head]["miou"]) <= MIOU_TOL, (head, ours[head], reference[head]["miou"])
-        np.testing.assert_allclose(100 * accumulators[head].iou(), reference[head]["iou"], atol=0.05)
+        _assert_miou_parity(voc, head, ours[head], accumulators[head].iou(),
+                            {sample: heads[head] for sample, heads in maps.items()}, reference=reference)
 
 
+@pytest.mark.numeric
 def test_cityscapes_sliding_window_miou_matches_pytorch_reference(city):
     from ms_semiseg.eval.evaluate import Protocol
     from ms_semiseg.eval.reference import evaluate_reference
     reference = evaluate_reference(city["torch_model"], city["dataset"], city["transform"].mean,
                                    city["transform"].std, "sliding", **CITY_PROTOCOL)
     protocol = Protocol("sliding", flip=True, crop_size=CITY_PROTOCOL["crop"], base_size=CITY_PROTOCOL["base_size"])
-    ours, accumulators = _ours(city, protocol)
+    ours, accumulators, maps = _ours(city, protocol)
     _assert_meaningful(city, reference)
-    for head in ours:
-        assert abs(ours[head] - reference[head]["miou"]) <= MIOU_TOL, (head, ours[head], reference[head]["miou"])
+    for head in ours:  # flip: every logit is the sum of two forwards
+        _assert_miou_parity(city, head, ours[head], accumulators[head].iou(),
+                            {sample: heads[head] for sample, heads in maps.items()}, forwards=2, reference=reference)
 
 
 # ------------------------------------------------------------------------------------------------ strategies
 
-def test_compile_strategies_give_identical_logits_and_bounded_cache(voc):
+def _two_implementations_tol(setup, x):
+    """How far two correct float32 implementations of the model (graph vs PyNative, MindIR vs the Cell) may be
+    apart on input x, per head: each may be helpers.float32_tol from the float64 result of the torch reference."""
+    from ms_semiseg.eval.reference import torch_predict
+    out32 = torch_predict(setup["torch_model"])(torch.from_numpy(x))
+    out64 = torch_predict(copy.deepcopy(setup["torch_model"]).double())(torch.from_numpy(x).double())
+    return {head: 2 * float32_tol(out32[head].numpy(), out64[head].numpy()) for head in out32}
+
+
+@pytest.mark.numeric
+def test_compile_strategies_agree_to_float32_and_bound_the_cache(voc):
+    """Static graph vs PyNative: two code paths (bit-equal here, but a compiled graph may fuse and order a reduction
+    otherwise), so equal to the float32 tolerance of the model on that input."""
     from convert.parity import ms_model_from_torch
     from ms_semiseg.eval.predictor import Predictor
     _setup_mindspore()
@@ -164,8 +275,9 @@ def test_compile_strategies_give_identical_logits_and_bounded_cache(voc):
         x = rng.normal(size=(1, 3, height, width)).astype(np.float32)
         got, expected = static(x), pynative(x)
         assert sorted(got) == ["pred", "proto"] and got["pred"].shape == (1, 21, height, width)
-        for head in expected:
-            np.testing.assert_array_equal(got[head], expected[head])
+        for head, tol in _two_implementations_tol(voc, x).items():
+            diff = float(np.abs(got[head] - expected[head]).max())
+            assert diff <= tol, (head, (height, width), diff, tol)
     # one cached shape: the third call's shape was dropped when the second arrived, so it compiled again
     assert static.compile_count == 3 and static.compiled_shapes == [(1, 3, 33, 41)]
 
@@ -240,14 +352,9 @@ def test_eval_on_gpu_matches_cpu(voc, tmp_path):
 
 # ------------------------------------------------------------------------------------------------ eval.sh
 
-def _reference_class_map(setup, sample_id, head="pred"):
-    index = [setup["dataset"].sample_paths(i)[0] for i in range(len(setup["dataset"]))].index(sample_id)
-    return setup["logits"](index)[head][0].argmax(0).numpy()
-
-
+@pytest.mark.numeric
 def test_eval_sh_end_to_end(voc, tmp_path):
     """eval.sh of the VOC 92 experiment (encoder swapped for the tiny one via --opts) on the 6-image fixture."""
-    from ms_semiseg.eval.reference import evaluate_reference
     script = os.path.join(REPO_ROOT, "experiments", "pascal", "92", "ours", "eval.sh")
     save_dir = tmp_path / "results"
     env = dict(os.environ, CKPT=voc["ckpt"], DATA_ROOT=voc["fixture"]["root"], DEVICE="CPU")
@@ -262,24 +369,24 @@ def test_eval_sh_end_to_end(voc, tmp_path):
     assert "linear head" in result.stdout and "proto head" in result.stdout and "aeroplane" in result.stdout
 
     metrics = json.loads((save_dir / "metrics.json").read_text())
-    reference = evaluate_reference(voc["torch_model"], voc["dataset"], voc["transform"].mean,
-                                   voc["transform"].std, "whole")
     assert (metrics["num_images"], metrics["protocol"], metrics["dataset"]) == (6, "whole", "pascal")
     assert metrics["checkpoint"] == voc["ckpt"] and metrics["data_root"] == voc["fixture"]["root"]
     assert len(metrics["heads"]["linear"]["iou"]) == 21 and metrics["heads"]["linear"]["iou"]["background"] >= 0
-    assert abs(metrics["miou"] - reference["pred"]["miou"]) <= MIOU_TOL
-    assert abs(metrics["miou_proto"] - reference["proto"]["miou"]) <= MIOU_TOL
-    assert match.groups() == (f"{metrics['miou']:.2f}", f"{metrics['miou_proto']:.2f}")
+    assert match.groups() == (f"{metrics['miou']:.2f}", f"{metrics['miou_proto']:.2f}")  # one run's own figures
 
+    grays = {}
     for sample_id in VOC_IDS:
-        gray = cv2.imread(str(save_dir / "gray" / f"{sample_id}.png"), cv2.IMREAD_UNCHANGED)
+        grays[sample_id] = cv2.imread(str(save_dir / "gray" / f"{sample_id}.png"), cv2.IMREAD_UNCHANGED)
         color = cv2.cvtColor(cv2.imread(str(save_dir / "color" / f"{sample_id}.png")), cv2.COLOR_BGR2RGB)
-        assert np.mean(gray == _reference_class_map(voc, sample_id)) >= 0.999
-        np.testing.assert_array_equal(color, VOC_PALETTE[gray])
+        np.testing.assert_array_equal(color, VOC_PALETTE[grays[sample_id]])
+    linear_iou = np.array(list(metrics["heads"]["linear"]["iou"].values())) / 100.0
+    _assert_miou_parity(voc, "pred", metrics["miou"], linear_iou, grays)  # gray/: the linear head's class maps
+    _assert_miou_parity(voc, "proto", metrics["miou_proto"], None)
 
 
 # ------------------------------------------------------------------------------------------------ infer, export
 
+@pytest.mark.numeric
 def test_infer_writes_masks_and_overlays(voc, tmp_path):
     images = os.path.join(voc["fixture"]["root"], "JPEGImages")
     out = tmp_path / "infer"
@@ -292,8 +399,8 @@ def test_infer_writes_masks_and_overlays(voc, tmp_path):
         mask = cv2.cvtColor(cv2.imread(str(out / f"{sample_id}_mask.png")), cv2.COLOR_BGR2RGB)
         overlay = cv2.cvtColor(cv2.imread(str(out / f"{sample_id}_overlay.png")), cv2.COLOR_BGR2RGB)
         image = cv2.cvtColor(cv2.imread(os.path.join(images, f"{sample_id}.jpg")), cv2.COLOR_BGR2RGB)
-        expected = VOC_PALETTE[_reference_class_map(voc, sample_id)]
-        assert np.mean(np.all(mask == expected, axis=-1)) >= 0.999
+        ref_map, decisive, _ = _reference_view(voc, "pred")[0][sample_id]
+        assert np.all(np.all(mask == VOC_PALETTE[ref_map], axis=-1)[decisive]), sample_id  # near ties may differ
         blend = 0.5 * image.astype(np.float32) + 0.5 * mask.astype(np.float32)
         assert np.abs(overlay.astype(np.float32) - blend).max() <= 0.5 + 1e-6
 
@@ -305,6 +412,7 @@ def test_infer_missing_image_is_a_user_error(voc, tmp_path):
     assert_user_error(result, missing)
 
 
+@pytest.mark.numeric
 def test_export_mindir_runs_with_the_same_logits(voc, tmp_path):
     import mindspore as ms
     from mindspore import nn
@@ -318,9 +426,12 @@ def test_export_mindir_runs_with_the_same_logits(voc, tmp_path):
     _setup_mindspore()
     graph = nn.GraphCell(ms.load(str(tmp_path / "model.mindir")))
     network = SegmentationInference(load_model(voc["cfg"], voc["ckpt"]))
-    x = ms.Tensor(np.random.default_rng(1).normal(size=(1, 3, 33, 41)).astype(np.float32))
-    exported, expected = graph(x), network(x)
+    x = np.random.default_rng(1).normal(size=(1, 3, 33, 41)).astype(np.float32)
+    exported, expected = graph(ms.Tensor(x)), network(ms.Tensor(x))
     assert len(exported) == 2
-    for got, want in zip(exported, expected):
+    tols = _two_implementations_tol(voc, x)
+    for head, got, want in zip(("pred", "proto"), exported, expected):
         assert got.shape == want.shape == (1, 21, 33, 41)
-        np.testing.assert_allclose(got.asnumpy(), want.asnumpy(), rtol=0, atol=1e-5)
+        diff = float(np.abs(got.asnumpy() - want.asnumpy()).max())
+        print(f"{head}: MindIR vs Cell {diff:.2e}, float32 tolerance {tols[head]:.2e}")
+        assert diff <= tols[head], (head, diff, tols[head])

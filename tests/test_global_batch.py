@@ -44,6 +44,7 @@ def weights(pair):
     return {p.name: p.asnumpy().copy() for p in pair.student.trainable_params()}
 
 
+@pytest.mark.numeric
 def test_accumulated_micro_batches_equal_one_larger_batch(graph_mode):
     """4 micro-batches of 2 per update, 3 updates == batch 8 for 3 updates: weights to 1e-5 (momentum, weight
     decay, the decoder's 10x LR and the poly schedule indexed by updates, not micro-batches)."""
@@ -76,13 +77,17 @@ def test_accumulated_micro_batches_equal_one_larger_batch(graph_mode):
     ours, expected = weights(small), weights(large)
     moved = max(np.abs(expected[n] - before[n]).max() for n in expected)
     assert moved > 1e-2  # the comparison is not between unchanged weights
-    for name in expected:
+    worst = max(np.abs(ours[n] - expected[n]).max() for n in expected)
+    print(f"accumulated vs large batch: max|diff| {worst:.2e}, weights moved {moved:.2e}")
+    for name in expected:  # ~100 float32 ulps at the weights' scale (<= 1), 1e-4 of how far they moved; the two
+        # sums of the same gradients in another order measured 1.5e-8 (oneDNN AVX2) and 7.5e-9 (AVX) apart
         np.testing.assert_allclose(ours[name], expected[name], rtol=0, atol=1e-5, err_msg=name)
     assert int(small_opt.global_step.asnumpy().reshape(-1)[0]) == updates  # the LR schedule advanced per update
     assert all(np.all(buffer.asnumpy() == 0) for buffer in sums.buffers)  # emptied by every update
     assert len(update.compile_cache) == 1 and len(accumulate.compile_cache) == 1
 
 
+@pytest.mark.numeric
 def test_sum_buffers_add_then_take_and_empty(graph_mode):
     class Probe(nn.Cell):
         def __init__(self, buffers, take):

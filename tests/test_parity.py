@@ -1,15 +1,26 @@
 """Logit parity of the full ResNet-101 models: PyTorch reference vs the converted MindSpore model, every head, in
-eval mode, fp32, at the upstream crop sizes and at an even-stem VOC size (the max-pool ceil_mode case)."""
+eval mode, fp32, at the upstream crop sizes and at an even-stem VOC size (the max-pool ceil_mode case).
+
+Machine-independent by construction: logits to ATOL (4x the measured 2.0-3.0e-5, which the fp64 test shows is
+float32 rounding), the argmax at every decisive pixel (top-2 margin > 2*ATOL), and the near-tie pixels, which other
+kernels may flip, only bounded in number (with ONEDNN_MAX_CPU_ISA=AVX instead of AVX2 one pixel flips in VOC
+`pred_full` at 375x500 and at 769x769, and one of the 11970 `pred` pixels of the command-line test)."""
 import numpy as np
 import pytest
 
-from convert.parity import compare_heads, ms_heads, ms_model_from_torch, torch_heads
+from convert.parity import compare_heads, ms_heads, ms_model_from_torch, top2_margin, torch_heads
 from convert.reference import random_reference_model
 from ms_semiseg.config import load_config, net_config
 from ms_semiseg.device import gpu_unavailable_reason
-from tests.helpers import CITY_CONFIG, VOC_CONFIG, run_module
+from tests.helpers import CITY_CONFIG, VOC_CONFIG, parse_fields, run_module
 
-ATOL = 1e-4
+pytestmark = pytest.mark.numeric
+
+ATOL = 1e-4  # `convert parity --atol`'s default
+# At least this fraction of every head's pixels must be decisive, so that the argmax check covers nearly all of them
+# (a property of the test data: measured >= 0.9994, the stride-8 `aux` head with its small logits 0.9972).
+DECISIVE_FRACTION = 0.99
+RAW_AGREEMENT = 0.999  # the command line's raw agreement: at most 0.1% near-tie pixels may flip
 SIZES = [(513, 513), (769, 769), (375, 500)]
 
 
@@ -32,14 +43,19 @@ def cpu_pair(request):
 def test_full_model_parity_cpu(cpu_pair, size):
     config_path, (ref, net) = cpu_pair
     x = np.random.default_rng(sum(size)).standard_normal((1, 3, *size)).astype(np.float32)
-    report = compare_heads(torch_heads(ref, x, "cpu"), ms_heads(net, x), ATOL)
+    ref_heads = torch_heads(ref, x, "cpu")
+    report = compare_heads(ref_heads, ms_heads(net, x), ATOL)
     expected_heads = {"pred", "pred_full", "proto"} | ({"aux"} if config_path == CITY_CONFIG else set())
     assert set(report) == expected_heads
     for head, (diff, agreement, decisive, shape) in report.items():
-        print(f"{head} {shape}: max_abs_diff={diff:.3e} argmax_agreement={agreement} decisive={decisive}")
+        decisive_fraction = float((top2_margin(ref_heads[head]) > 2 * ATOL).mean())
+        print(f"{head} {shape}: max_abs_diff={diff:.3e} argmax_agreement={agreement} decisive={decisive} "
+              f"decisive_fraction={decisive_fraction}")
         assert diff <= ATOL, (head, diff)
         assert decisive == 1.0, (head, decisive)
-        assert agreement > 0.9999, (head, agreement)  # only near-tie pixels may differ
+        # only near-tie pixels may differ, and they are few: agreement >= the decisive fraction >= DECISIVE_FRACTION
+        assert decisive_fraction >= DECISIVE_FRACTION, (head, decisive_fraction)
+        assert agreement >= decisive_fraction, (head, agreement, decisive_fraction)
 
 
 def _gpu_skip_reason():
@@ -79,9 +95,17 @@ def test_port_error_is_at_the_float32_floor(cpu_pair):
 
 
 def test_parity_command_line_even_stem_size():
-    """The issue's acceptance command: exits 0 and ends with the parity line."""
+    """The issue's acceptance command: exits 0 and ends with the parity line, whose figures are compared as numbers
+    against the machine-independent quantities. The raw argmax agreement depends on the CPU's kernels (measured
+    1.000000 with oneDNN capped at AVX2, 0.999916 = one near-tie `pred` pixel of 95x126 with AVX), so it is only
+    held to RAW_AGREEMENT: at most 0.1% of the pixels may flip (> 0.9999 allowed just one pixel of this head)."""
     result = run_module("convert", "parity", "--config", VOC_CONFIG, "--height", "375", "--width", "500")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     last = result.stdout.strip().splitlines()[-1]
-    assert last.startswith("parity: max_abs_diff=") and last.endswith("argmax_agreement=1.000000")
-    assert float(last.split("max_abs_diff=")[1].split()[0]) <= ATOL
+    print(last)
+    assert last.startswith("parity: max_abs_diff="), last
+    fields = parse_fields(last)
+    assert set(fields) == {"max_abs_diff", "argmax_agreement", "decisive_agreement"}, last
+    assert fields["max_abs_diff"] <= ATOL, last
+    assert fields["decisive_agreement"] == 1.0, last  # printed rounded down: 1.000000 only when every pixel agrees
+    assert fields["argmax_agreement"] >= RAW_AGREEMENT, last

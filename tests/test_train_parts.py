@@ -1,5 +1,10 @@
 """Training building blocks vs references: poly LR, SGD vs torch, EMA, CutMix, patch mask, bilinear sampling,
-host dropout, and two compiled semi-supervised iterations vs a PyTorch implementation of spec B.6 + C.3/C.4."""
+host dropout, and two compiled semi-supervised iterations vs a PyTorch implementation of spec B.6 + C.3/C.4.
+
+Numeric comparisons (marked `numeric`) hold on any CPU: values to the float32 floor of the reference (measured
+against the same reference in float64) or to a stated multiple of it, and the discrete choices of a semi-supervised
+iteration (pseudo-labels, confidence and entropy thresholds, the matched prototype) are asserted to be far from a
+tie on the test data, so that every float32 implementation makes the same ones."""
 import math
 
 import mindspore as ms
@@ -13,6 +18,7 @@ from convert.mapping import ms_to_torch
 from ms_semiseg.losses import build_criterion
 from ms_semiseg.models.layers import batch_norm, conv2d, dropout2d
 from ms_semiseg.models.proto_head import CosineProtoHead
+from helpers import assert_float32_close, assert_well_posed, top2_margin
 from ms_semiseg.train import ema, masks, optim, steps
 
 ms.set_device("CPU")
@@ -94,29 +100,46 @@ def torch_twin(ms_model):
 def assert_models_match(ms_model, torch_model, atol, what):
     ours = ms_to_torch({name: p.asnumpy() for name, p in ms_model.parameters_and_names()
                         if not masks.is_dropout_mask(name)})
+    worst = 0.0
     for name, value in torch_model.state_dict().items():
         if not name.endswith("num_batches_tracked"):
             np.testing.assert_allclose(ours[name], value.numpy(), rtol=1e-4, atol=atol, err_msg=f"{what} {name}")
+            worst = max(worst, float(np.abs(ours[name] - value.numpy()).max()))
+    print(f"{what}: max |ours - torch| {worst:.2e}")
+
+
+def assert_models_float32_close(ms_model, torch32, torch64, what):
+    """Every parameter within the float32 floor of the torch twin (its float32 run against its float64 run)."""
+    ours = ms_to_torch({name: p.asnumpy() for name, p in ms_model.parameters_and_names()
+                        if not masks.is_dropout_mask(name)})
+    state64 = torch64.state_dict()
+    for name, value in torch32.state_dict().items():
+        if not name.endswith("num_batches_tracked"):
+            assert_float32_close(ours[name], value.numpy(), state64[name].numpy(), f"{what} {name}")
 
 
 # -------------------------------------------------------------------------------------------- optimizer
 
 
+@pytest.mark.numeric
 def test_grouped_sgd_matches_torch_sgd_including_bn_weight_decay():
-    """Encoder at lr, decoder at 10x lr, weight decay on BN gamma/beta too, poly LR per step (spec B.2)."""
+    """Encoder at lr, decoder at 10x lr, weight decay on BN gamma/beta too, poly LR per step (spec B.2). The torch
+    twin runs in float32 and in float64: MindSpore's weights must be within the float32 floor."""
     ms.set_seed(0)
     model = TinySegmentor()
-    reference = torch_twin(model)
+    references = (torch_twin(model), torch_twin(model).double())
     total, base, wd = 6, 0.05, 0.1  # a large decay: missing decay on gamma/beta would move them by ~1e-3
     optimizer = optim.build_sgd(model.trainable_params(), base, total, momentum=0.9, weight_decay=wd, power=0.9,
                                 decoder_times=10)
-    groups = [{"params": [p for n, p in reference.named_parameters() if n.startswith("encoder.")], "lr": base},
-              {"params": [p for n, p in reference.named_parameters()
-                          if n.startswith(("decoder.", "auxor."))], "lr": base * 10}]
-    torch_opt = torch.optim.SGD(groups, lr=base, momentum=0.9, weight_decay=wd)
+    torch_opts = []
+    for reference in references:
+        groups = [{"params": [p for n, p in reference.named_parameters() if n.startswith("encoder.")], "lr": base},
+                  {"params": [p for n, p in reference.named_parameters()
+                              if n.startswith(("decoder.", "auxor."))], "lr": base * 10}]
+        torch_opts.append(torch.optim.SGD(groups, lr=base, momentum=0.9, weight_decay=wd))
+        reference.eval()  # BN in eval mode: the comparison is about the update rule, not batch statistics
     x = np.random.default_rng(1).standard_normal((2, 3, 16, 16)).astype(np.float32)
     model.set_train(False)
-    reference.eval()  # BN in eval mode: the comparison is about the update rule, not batch statistics
 
     def loss_fn(image):
         pred, aux, _, _ = model(image)
@@ -126,13 +149,14 @@ def test_grouped_sgd_matches_torch_sgd_including_bn_weight_decay():
     for step in range(4):
         _, grads = grad_fn(Tensor(x))
         optimizer(grads)
-        for group, times in zip(torch_opt.param_groups, (1, 10)):
-            group["lr"] = base * times * (1 - step / total) ** 0.9
-        torch_opt.zero_grad()
-        pred, _, aux = reference(torch.from_numpy(x))
-        ((pred ** 2).mean() + (aux ** 2).mean()).backward()
-        torch_opt.step()
-    assert_models_match(model, reference, 1e-6, "after 4 SGD steps")
+        for reference, torch_opt in zip(references, torch_opts):
+            for group, times in zip(torch_opt.param_groups, (1, 10)):
+                group["lr"] = base * times * (1 - step / total) ** 0.9
+            torch_opt.zero_grad()
+            pred, _, aux = reference(torch.from_numpy(x).to(next(reference.parameters()).dtype))
+            ((pred ** 2).mean() + (aux ** 2).mean()).backward()
+            torch_opt.step()
+    assert_models_float32_close(model, *references, "after 4 SGD steps")
     assert int(optimizer.global_step.asnumpy().reshape(-1)[0]) == 4
     assert all(np.all(flag.asnumpy() == 0) for flag in optim.optimizer_flags(optimizer).values())
 
@@ -149,6 +173,7 @@ def test_optimizer_leaves_out_non_trainable_parameters():
 # -------------------------------------------------------------------------------------------------- EMA
 
 
+@pytest.mark.numeric
 def test_ema_follows_weights_and_bank_but_not_bn_statistics():
     pair = steps.MeanTeacherPair(TinySegmentor(), TinySegmentor())
     teacher_params, student_params = ema.ema_parameter_pairs(pair.student, pair.teacher)
@@ -163,6 +188,7 @@ def test_ema_follows_weights_and_bank_but_not_bn_statistics():
         expected = before_t[param.name]
         if param.name in followed:
             expected = 0.25 * expected + 0.75 * source["student." + local]
+        # t * d + s * (1 - d) in float32, as numpy: a few ulps (rtol 1e-6 = 8 ulps)
         np.testing.assert_allclose(param.asnumpy(), expected, rtol=1e-6, atol=1e-7, err_msg=param.name)
 
 
@@ -190,6 +216,7 @@ def test_cutmix_boxes_follow_u2pl_sampling():
     assert 0.45 < np.mean(box_x0) < 0.55  # x0 uniform over [0, W - w]
 
 
+@pytest.mark.numeric
 def test_box_mask_and_mixing_match_numpy():
     boxes = np.array([[2, 7, 1, 9], [0, 0, 0, 0], [5, 9, 3, 4]], np.int32)
     keep = masks.box_keep_mask(Tensor(boxes), 10, 12).asnumpy()
@@ -220,6 +247,7 @@ def test_patch_select_takes_one_pixel_per_patch_shared_layout():
     assert set(np.unique(seen)) == set(range(8)) and coords.max() < 32
 
 
+@pytest.mark.numeric
 def test_bilinear_sampling_equals_torch_upsample_then_index():
     rng = np.random.default_rng(0)
     feat = rng.standard_normal((2, 5, 9, 11)).astype(np.float32)
@@ -227,9 +255,11 @@ def test_bilinear_sampling_equals_torch_upsample_then_index():
     coords = np.stack([rng.integers(0, 33, 50), rng.integers(0, 41, 50)], axis=1).astype(np.int32)
     coords[:4] = [[0, 0], [32, 40], [32, 0], [16, 20]]  # corners and a centre
     ours = masks.sample_bilinear_align_corners(Tensor(feat), Tensor(coords), out_size).asnumpy()
-    up = F.interpolate(torch.from_numpy(feat), size=out_size, mode="bilinear", align_corners=True).numpy()
-    expected = up[:, :, coords[:, 0], coords[:, 1]].transpose(0, 2, 1)
-    np.testing.assert_allclose(ours, expected, rtol=1e-5, atol=1e-5)
+    def expected(feat):
+        up = F.interpolate(torch.from_numpy(feat), size=out_size, mode="bilinear", align_corners=True).numpy()
+        return up[:, :, coords[:, 0], coords[:, 1]].transpose(0, 2, 1)
+
+    assert_float32_close(ours, expected(feat), expected(feat.astype(np.float64)), "sampled features")
 
 
 def test_proto_targets_use_labels_and_confident_pseudo_labels():
@@ -244,6 +274,7 @@ def test_proto_targets_use_labels_and_confident_pseudo_labels():
 # ------------------------------------------------------------------------------------------------- dropout
 
 
+@pytest.mark.numeric
 def test_host_dropout_replaces_every_dropout2d_with_reproducible_masks():
     model = TinySegmentor()
     cells = masks.install_host_dropout(model, max_batch=4)
@@ -266,6 +297,10 @@ def test_host_dropout_replaces_every_dropout2d_with_reproducible_masks():
 # ------------------------------------------------------------------- semi-supervised iteration vs PyTorch
 
 B, SIZE, GRID, TAU, PERCENT, BASE_LR, WD = 2, 16, 4, 0.4, 80.0, 0.02, 1e-3
+# The iteration's discrete choices are compared between two implementations, so the test data must keep every
+# deciding quantity (probabilities, entropies, cosine similarities, all O(1)) further than this from a tie: ~80 float32
+# ulps at 1, while the two sides' teacher confidences differ by <= 1.2e-7 (measured with AVX2 and SSE41 kernels).
+DECISION_TOL = 1e-5
 
 
 def torch_unsup_loss(predict, target, percent, pred_teacher):
@@ -281,15 +316,18 @@ def torch_unsup_loss(predict, target, percent, pred_teacher):
     return weight * F.cross_entropy(predict, target, ignore_index=255)
 
 
-def torch_semi_iteration(student, teacher, opt, batch, step, decay, unsup_type):
+def torch_semi_iteration(student, teacher, opt, batch, step, decay, unsup_type, margins):
     """One U2PL + PCR iteration written from spec B.6/C.3/C.4 (CELoss criterion, aux weight 0.4); L_u is U2PL's
-    entropy dropping or, for 'confidence', CE over the pixels whose mixed confidence reaches TAU."""
+    entropy dropping or, for 'confidence', CE over the pixels whose mixed confidence reaches TAU. Appends to
+    `margins` {choice: array} how far each discrete choice is from a tie."""
     x_l, y_l, x_u, boxes, coords, s_mask, t_mask = batch
     size = x_l.shape[2:]
     up = lambda t: F.interpolate(t, size=size, mode="bilinear", align_corners=True)  # noqa: E731
     teacher.eval()
     with torch.no_grad():
-        conf, pseudo = torch.max(torch.softmax(up(teacher(x_u)[0]), dim=1), dim=1)
+        probs = torch.softmax(up(teacher(x_u)[0]), dim=1)
+        conf, pseudo = torch.max(probs, dim=1)
+    margins.setdefault("pseudo-label: top-2 probabilities", []).append(top2_margin(probs.numpy(), axis=1))
     keep = torch.ones(x_u.shape[0], *size)
     for i, (y0, y1, x0, x1) in enumerate(boxes):
         keep[i, y0:y1, x0:x1] = 0
@@ -309,6 +347,11 @@ def torch_semi_iteration(student, teacher, opt, batch, step, decay, unsup_type):
         teacher_u = up(teacher(image_all)[0][B:])
     if unsup_type == steps.ENTROPY_DROP:
         unsup = torch_unsup_loss(up(pred[B:]), pseudo, PERCENT, teacher_u)
+        with torch.no_grad():
+            prob = torch.softmax(teacher_u, dim=1)
+            entropy = (-torch.sum(prob * torch.log(prob + 1e-10), dim=1))[pseudo != 255].numpy()
+        gaps = np.abs(entropy - np.percentile(entropy, PERCENT))
+        margins.setdefault("entropy vs its percentile", []).append(gaps[gaps > 0])  # the rank itself: both drop it
     else:  # mean over the kept pixels, 0 when none is kept (torch would give NaN)
         kept = pseudo.masked_fill(conf < TAU, 255)
         unsup = F.cross_entropy(up(pred[B:]), kept, ignore_index=255) if (kept != 255).any() else 0 * pred.sum()
@@ -318,6 +361,7 @@ def torch_semi_iteration(student, teacher, opt, batch, step, decay, unsup_type):
     sim = F.normalize(feats, dim=1) @ F.normalize(bank, dim=1).t()
     value, match = sim.reshape(feats.shape[0], 3, 2).max(dim=2)
     pseudo_sel = pseudo[:, rows, cols].masked_fill(conf[:, rows, cols] < TAU, 255)
+    margins.setdefault("confidence vs TAU", []).append(np.abs(conf.numpy() - TAU))
     target = torch.cat((y_l[:, rows, cols], pseudo_sel)).reshape(-1)
     proto = F.cross_entropy(value / 0.1, target, ignore_index=255)
     total = sup + unsup + proto
@@ -329,6 +373,8 @@ def torch_semi_iteration(student, teacher, opt, batch, step, decay, unsup_type):
     with torch.no_grad():
         valid = target != 255
         k_star = match.gather(1, target.clamp(max=2)[:, None])[:, 0]
+        k_sims = sim.reshape(feats.shape[0], 3, 2)[torch.arange(feats.shape[0]), target.clamp(max=2)]
+        margins.setdefault("matched prototype: top-2 cosine", []).append(top2_margin(k_sims[valid].numpy(), axis=1))
         for cls in range(3):
             for k in range(2):
                 sel = valid & (target == cls) & (k_star == k)
@@ -339,10 +385,13 @@ def torch_semi_iteration(student, teacher, opt, batch, step, decay, unsup_type):
     return [v.item() for v in (total, sup, unsup, proto)]
 
 
+@pytest.mark.numeric
 @pytest.mark.parametrize("unsup_type", [steps.ENTROPY_DROP, steps.CONFIDENCE])
 def test_semi_iterations_match_pytorch_and_compile_once(graph_mode, unsup_type):
-    ms.set_seed(3)
-    rng = np.random.default_rng(3)
+    # seed 6: every discrete choice of the 3 iterations is > DECISION_TOL from a tie (smallest: an entropy 4.8e-5
+    # from its percentile); seed 3, used before, had one 2.9e-6 from it, which another kernel could flip
+    ms.set_seed(6)
+    rng = np.random.default_rng(6)
     student, teacher = TinySegmentor(), TinySegmentor()
     bank = rng.random((6, 8)).astype(np.float32)
     student.proto_net.proto_list.set_data(Tensor(bank))
@@ -357,6 +406,7 @@ def test_semi_iterations_match_pytorch_and_compile_once(graph_mode, unsup_type):
                           ema.EMAUpdate(teacher_params, student_params), use_proto=True)
     pseudo_labels = steps.TeacherPseudoLabels(pair.teacher)
     torch_student, torch_teacher = torch_twin(pair.student), torch_twin(pair.teacher)
+    margins = {}
     groups = [{"params": [p for n, p in torch_student.named_parameters() if n.startswith(prefix)
                           and p.requires_grad]} for prefix in ("encoder.", ("decoder.", "auxor."))]
     torch_opt = torch.optim.SGD(groups, lr=BASE_LR, momentum=0.9, weight_decay=WD)
@@ -376,10 +426,19 @@ def test_semi_iterations_match_pytorch_and_compile_once(graph_mode, unsup_type):
                         steps.scalar(PERCENT), steps.scalar(decay)).asnumpy()
         batch = (torch.from_numpy(x_l), torch.from_numpy(y_l).long(), torch.from_numpy(x_u), boxes,
                  torch.from_numpy(coords).long(), s_mask, t_mask)
-        expected = torch_semi_iteration(torch_student, torch_teacher, torch_opt, batch, step, decay, unsup_type)
+        expected = torch_semi_iteration(torch_student, torch_teacher, torch_opt, batch, step, decay, unsup_type,
+                                        margins)
+        for choice, values in margins.items():
+            assert_well_posed(np.concatenate([np.ravel(v) for v in values]), DECISION_TOL, f"step {step}: {choice}")
+        # the losses are means of a few hundred terms of O(1), after up to 3 updates of a net in float32: measured
+        # within 1.6e-6 of torch (weights 5e-7) with AVX2 and AVX kernels; rtol 1e-4 (~800 ulps) leaves room for
+        # other kernels, while a port error or one flipped choice moves them by far more
+        print(f"step {step}: losses {np.asarray(ours)} vs torch {np.asarray(expected)}")
         np.testing.assert_allclose(ours, expected, rtol=1e-4, atol=1e-5, err_msg=f"losses of step {step}")
         assert_models_match(pair.student, torch_student, 2e-5, f"student after step {step}")
         assert_models_match(pair.teacher, torch_teacher, 2e-5, f"teacher after step {step}")
+    for choice, values in margins.items():
+        print(f"{choice}: smallest margin {min(float(np.min(v)) for v in values):.2e}")
     assert not np.allclose(pair.student.proto_net.proto_list.asnumpy(), bank)  # the bank moved
     assert len(semi.compile_cache) == 1 and len(pseudo_labels.compile_cache) == 1  # no recompilation
 

@@ -1,15 +1,16 @@
 """`python -m ms_semiseg demo`: the bundled CPU demo end to end (the README's `bash scripts/demo.sh`).
 
-Steps: generate the demo dataset (`ms_semiseg.demo.make_data`: 1000 images of 160x160, 50 labeled = 1/16 of the
-800 train images, 750 unlabeled, 200 val); train the supervised-only baseline, PCR and BRPG with the configs of
-experiments/demo/{suponly,ours,brpg}/ for the same number of iterations (the baseline's epochs are derived from
+Steps: generate the demo dataset (`ms_semiseg.demo.make_data`: 1000 images of 128x128, 5 classes, 50 labeled =
+1/16 of the 800 train images, 750 unlabeled, 200 val; `--data-seed` picks another generated dataset); train the
+supervised-only baseline and PCR (and, with `--methods`, the mean teacher without prototypes and BRPG) with the
+configs of experiments/demo/{suponly,meanteacher,ours,brpg}/ for the same number of iterations (the baseline's epochs are derived from
 PCR's iterations); evaluate each with `ms_semiseg eval` (VOC whole-image protocol); draw a prediction grid; print
 a table and the path of every output. The last line is `demo: suponly=<mIoU> pcr=<mIoU> brpg=<mIoU or n/a>`
 (linear head, percent).
 
 Work already done is reused: the dataset when its meta.json matches, a training run when its config (with every
 override) and seed match (an interrupted run is resumed), an evaluation when its checkpoint is unchanged. `--fresh`
-redoes everything. BRPG is optional: when it cannot run, its row says n/a and why.
+redoes everything. The mean teacher and BRPG are optional: when one cannot run, its row says n/a and why.
 """
 import hashlib
 import json
@@ -30,7 +31,7 @@ DEFAULT_DATA_DIR = "data/demo"
 DEFAULT_OUT_DIR = "outputs/demo"
 QUICK_OUT_DIR = "outputs/demo_quick"  # --quick keeps its tiny dataset in <out-dir>/data
 DEFAULT_SEED = 0
-DATA_SEED = 0  # the bundled dataset is fixed; --seed varies the training runs only
+DATA_SEED = 0  # the bundled dataset; --seed varies the training runs only, --data-seed the generated dataset
 BUDGET_S = 15 * 60  # the README's promise for a 2-core CPU machine
 RECORD_NAME = "demo_run.json"
 SUMMARY_NAME = "summary.json"
@@ -47,8 +48,10 @@ class Method:
 
 
 METHODS = (Method("suponly", "supervised only", "suponly"),
+           Method("meanteacher", "mean teacher (no prototypes)", "meanteacher", optional=True),
            Method("ours", "PCR (ours)", "pcr"),
            Method("brpg", "BRPG", "brpg", optional=True))
+LAST_LINE_METHODS = ("suponly", "pcr", "brpg")  # the last line's fixed format (scripts and tests read it)
 METHOD_KEYS = tuple(method.key for method in METHODS)
 # BRPG needs a third epoch (sampling window, then clustering): about 13 more minutes on 2 CPU cores, past the budget
 DEFAULT_METHODS = ("suponly", "ours")
@@ -61,7 +64,7 @@ QUICK_OPTS = {"all": ["trainer.epochs=3", "dataset.batch_size=4", "dataset.train
               "ours": ["net.proto_head.select_granularity=8"],
               "brpg": ["trainer.prototype.sample_pixel_num=50", "trainer.prototype.unsup_sample_num=20",
                        "trainer.prototype.queue_len=500", "trainer.prototype.grid_num=8"]}
-FULL_DATA = {"num_images": 1000, "size": 160, "num_val": None, "labeled_fraction": 1 / 16}
+FULL_DATA = {"num_images": 1000, "size": 128, "num_val": None, "labeled_fraction": 1 / 16}
 
 
 # ---------------------------------------------------------------------------------------------------- arguments
@@ -74,7 +77,11 @@ def add_arguments(parser):
     parser.add_argument("--methods", nargs="+", choices=METHOD_KEYS, default=list(DEFAULT_METHODS),
                         help="which experiments/demo/<method> to run (default: suponly ours, which fit the 15-minute "
                              "budget; add brpg for BRPG, about 13 minutes more; a method left out shows n/a)")
-    parser.add_argument("--data-dir", default=None, help=f"dataset folder (default {DEFAULT_DATA_DIR}; "
+    parser.add_argument("--data-seed", type=int, default=DATA_SEED,
+                        help=f"seed of the generated dataset (default {DATA_SEED}, the one the demo was tuned on; "
+                             "others are held-out checks, docs/demo.md)")
+    parser.add_argument("--data-dir", default=None, help=f"dataset folder (default {DEFAULT_DATA_DIR}, "
+                                                         f"{DEFAULT_DATA_DIR}_seed<N> for --data-seed N; "
                                                          "<out-dir>/data with --quick)")
     parser.add_argument("--out-dir", default=None, help=f"runs, figure and summary (default {DEFAULT_OUT_DIR}; "
                                                         f"{QUICK_OUT_DIR} with --quick)")
@@ -84,10 +91,14 @@ def add_arguments(parser):
                         help="config overrides for every method, or for one with a prefix: ours:trainer.epochs=3")
 
 
-def _checked_seed(seed):
+def _checked_seed(seed, option="--seed"):
     if seed < 0:
-        raise UserError(f"--seed {seed}: expected a non-negative integer")
+        raise UserError(f"{option} {seed}: expected a non-negative integer")
     return seed
+
+
+def default_data_dir(data_seed):
+    return DEFAULT_DATA_DIR if data_seed == DATA_SEED else f"{DEFAULT_DATA_DIR}_seed{data_seed}"
 
 
 def _repo_path(path):
@@ -386,7 +397,8 @@ def run_method(spec, data_dir, device, fresh):
 
 def left_out_reason(method):
     if method.key not in DEFAULT_METHODS:
-        return f"not in the default run, which fits the budget: add it with --methods {' '.join(METHOD_KEYS)}"
+        return ("not in the default run, which fits the budget: add it with --methods "
+                f"{' '.join(DEFAULT_METHODS + (method.key,))}")
     return "not run (left out of --methods)"
 
 
@@ -439,8 +451,7 @@ def class_table_rows(results, class_names):
 
 def last_line(results):
     by_name = {result.method.line_name: result for result in results}
-    parts = [f"{m.line_name}={percent(by_name[m.line_name].miou) if m.line_name in by_name else 'n/a'}"
-             for m in METHODS]
+    parts = [f"{name}={percent(by_name[name].miou) if name in by_name else 'n/a'}" for name in LAST_LINE_METHODS]
     return "demo: " + " ".join(parts)
 
 
@@ -509,9 +520,9 @@ def run(args):
     seed = _checked_seed(args.seed)
     out_dir = _repo_path(args.out_dir or (QUICK_OUT_DIR if args.quick else DEFAULT_OUT_DIR))
     data_dir = _repo_path(args.data_dir) if args.data_dir else (
-        os.path.join(out_dir, "data") if args.quick else _repo_path(DEFAULT_DATA_DIR))
+        os.path.join(out_dir, "data") if args.quick else _repo_path(default_data_dir(args.data_seed)))
     per_method = split_opts(args.opts)
-    data_args = dict(QUICK_DATA if args.quick else FULL_DATA, seed=DATA_SEED)
+    data_args = dict(QUICK_DATA if args.quick else FULL_DATA, seed=_checked_seed(args.data_seed, "--data-seed"))
     meta = prepare_data(data_dir, data_args, args.fresh)
     common = data_opts(data_dir)
     if args.quick:  # preset first, so that --opts can still change it

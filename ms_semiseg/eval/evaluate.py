@@ -30,7 +30,8 @@ HEADS = (("pred", "linear"), ("proto", "proto"))  # (model output, name in table
 def add_model_arguments(parser):
     """Arguments every model-running command shares (eval, infer)."""
     parser.add_argument("--config", required=True, help="experiment config.yaml (upstream U2PL/PCR schema)")
-    parser.add_argument("--ckpt", required=True, help="MindSpore .ckpt (ours, converted, or `module.`-prefixed)")
+    parser.add_argument("--ckpt", required=True,
+                        help="MindSpore .ckpt or .safetensors (ours, converted, or `module.`-prefixed)")
     parser.add_argument("--device", default=None, help="CPU or GPU (default: GPU when MindSpore can use one)")
     parser.add_argument("--opts", nargs="*", default=[], metavar="KEY=VALUE",
                         help="config overrides, e.g. dataset.val.data_list=/path/val.txt")
@@ -247,12 +248,22 @@ def metrics_payload(args, dataset, kind, protocol, run_info, results):
 
 def run(args):
     from ms_semiseg.config import load_config
-    from ms_semiseg.data.datasets import class_names_for, palette_for_config
-    from ms_semiseg.eval.predictor import Predictor, load_model, prepare_device
+    from ms_semiseg.eval.predictor import prepare_device
+    from ms_semiseg.utils.lock import FolderLock
 
     cfg = load_config(args.config, args.opts)
     device = prepare_device(args.device, args.threads)
     kind, transform, protocol, dataset = prepare_evaluation(args, cfg)
+    if not args.save_dir:
+        return _evaluate(args, cfg, device, kind, transform, protocol, dataset)
+    # two evaluations writing PNGs (and metrics.json) into one folder would mix their outputs: one at a time
+    with FolderLock(args.save_dir, "--save-dir folder", " (--save-dir)"):
+        return _evaluate(args, cfg, device, kind, transform, protocol, dataset)
+
+
+def _evaluate(args, cfg, device, kind, transform, protocol, dataset):
+    from ms_semiseg.data.datasets import class_names_for, palette_for_config
+    from ms_semiseg.eval.predictor import Predictor, load_model
     start = time.perf_counter()
     predictor = Predictor(load_model(cfg, args.ckpt), args.strategy, max_cached_shapes=protocol.shapes_per_image)
     on_prediction = png_writer(args.save_dir, palette_for_config(cfg)) if args.save_dir else None

@@ -14,7 +14,7 @@ MINDIR_SUFFIX = ".mindir"
 
 def add_arguments(parser):
     parser.add_argument("--config", required=True, help="experiment config.yaml")
-    parser.add_argument("--ckpt", required=True, help="MindSpore .ckpt")
+    parser.add_argument("--ckpt", required=True, help="MindSpore checkpoint, .ckpt or .safetensors")
     parser.add_argument("--out", required=True, help="output file (.mindir is appended when missing)")
     parser.add_argument("--height", type=int, default=None, help="input height (default: dataset.val.crop.size)")
     parser.add_argument("--width", type=int, default=None, help="input width (default: dataset.val.crop.size)")

@@ -55,14 +55,28 @@ def prepare_device(device=None, threads=None):
     return device
 
 
-def load_model(cfg, ckpt_path):
-    """The config's network with the checkpoint's weights, in eval mode (refuses partial loads, see load_into_model)."""
+def release_pooling_line(ckpt_path, stem_pool):
+    """One line for a checkpoint in the original PCR MindSpore release's layout: which stem max-pool this run uses
+    and how to switch (the release's published numbers come from pad_mode='same', the paper's from PyTorch's)."""
+    where = f"{ckpt_path}: `module.` names, the layout of the original PCR MindSpore release"
+    if stem_pool == "same":
+        return (f"note: {where}; stem max-pool pad_mode='same' as the release (its \"Ours (this repo.)\" numbers); "
+                "for PyTorch's padding=1, ceil_mode=True (the paper's numbers) drop net.encoder.kwargs.stem_pool")
+    return (f"note: {where}; stem max-pool padding=1, ceil_mode=True as PyTorch (the paper's numbers); for the "
+            "release's own numbers add --opts net.encoder.kwargs.stem_pool=same")
+
+
+def load_model(cfg, ckpt_path, say=print):
+    """The config's network with the checkpoint's weights, in eval mode (refuses partial loads, see load_into_model).
+    For a checkpoint in the original release's layout, `say` gets one line naming the stem max-pool in use."""
     from ms_semiseg.config import net_config
     from ms_semiseg.models import create_model
-    from ms_semiseg.utils.checkpoint import load_into_model, read_checkpoint
+    from ms_semiseg.utils.checkpoint import load_with_report, read_checkpoint
     params = read_checkpoint(ckpt_path)  # before building the model: a bad path fails fast
     model = create_model(net_config(cfg))
-    load_into_model(model, ckpt_path, params)
+    report = load_with_report(model, ckpt_path, params, say)
+    if report.release_layout:
+        say(release_pooling_line(ckpt_path, model.encoder.stem_pool))
     model.set_train(False)
     return model
 

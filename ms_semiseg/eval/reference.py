@@ -167,10 +167,11 @@ def _parse_args(argv):
 
 def _run(argv):
     import torch
-    from convert.parity import torch_model_from
     from ms_semiseg.config import load_config, net_config
+    from ms_semiseg.converter import converter_module
     from ms_semiseg.data import build_dataset, build_transform, dataset_kind
     from ms_semiseg.eval.evaluate import DEFAULT_PROTOCOL, resolved_dataset_config
+    torch_model_from = converter_module("parity").torch_model_from
     args = _parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)

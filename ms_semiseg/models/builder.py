@@ -8,7 +8,8 @@ from .proto_head import CosineProtoHead
 from .resnet import ARCHS, build_resnet
 
 ENCODER_KWARGS = {"multi_grid", "zero_init_residual", "fpn", "replace_stride_with_dilation", "deep_stem"}
-DECODER_KWARGS = {"inner_planes", "dilations", "rep_head", "rep_clf"}
+ENCODER_KWARGS.add("stem_pool")  # issue 16: the stem max-pool form, checked in resnet.check_stem_pool
+DECODER_KWARGS = {"inner_planes", "dilations", "rep_head", "rep_clf", "head_planes"}
 DECODER_TYPES = ("dec_deeplabv3_plus",)
 
 
@@ -63,8 +64,12 @@ class ModelBuilder(nn.Cell):
             self.auxor = AuxHead(int(aux_cfg["aux_plane"]), self.num_classes, sync_bn)
         self.use_proto = bool(proto_cfg)
         if self.use_proto:
+            in_planes = int(proto_cfg.get("in_planes", 512))
+            if in_planes != 2 * self.decoder.head_planes:
+                raise UserError(f"net.proto_head.in_planes: {in_planes}, expected {2 * self.decoder.head_planes} "
+                                f"(2 x net.decoder.kwargs.head_planes: the head reads [low_feat, aspp])")
             self.proto_net = CosineProtoHead(
-                int(proto_cfg.get("in_planes", 512)), self.num_classes, int(proto_cfg["num_micro_proto"]),
+                in_planes, self.num_classes, int(proto_cfg["num_micro_proto"]),
                 temperature=float(proto_cfg.get("temperature", 0.1)),
                 momentum=float(proto_cfg.get("proto_unpdate_momentum", 0.99)))
 

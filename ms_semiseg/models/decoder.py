@@ -18,12 +18,12 @@ def conv_bn_relu(in_ch, out_ch, kernel_size, sync_bn, dilation=1, bias=False, po
     return layers
 
 
-def classifier_head(in_ch, out_ch, sync_bn):
+def classifier_head(in_ch, out_ch, sync_bn, planes=HEAD_PLANES):
     """[conv3x3+bn+relu+drop] x2 + conv1x1: U2PL's `classifier` and `representation` heads."""
     return nn.SequentialCell(
-        conv_bn_relu(in_ch, HEAD_PLANES, 3, sync_bn, bias=True) + [dropout2d(DROPOUT)]
-        + conv_bn_relu(HEAD_PLANES, HEAD_PLANES, 3, sync_bn, bias=True) + [dropout2d(DROPOUT)]
-        + [conv2d(HEAD_PLANES, out_ch, 1, bias=True)])
+        conv_bn_relu(in_ch, planes, 3, sync_bn, bias=True) + [dropout2d(DROPOUT)]
+        + conv_bn_relu(planes, planes, 3, sync_bn, bias=True) + [dropout2d(DROPOUT)]
+        + [conv2d(planes, out_ch, 1, bias=True)])
 
 
 class ASPP(nn.Cell):
@@ -49,21 +49,24 @@ class ASPP(nn.Cell):
 
 
 class DeepLabV3PlusDecoder(nn.Cell):
-    """Returns (pred, rep, rep_clf): class logits at stride 4, the optional 256-d representation (U2PL/BRPG), and
-    the 512-channel concatenation [low_feat, aspp] that PCR's prototype head reads (None when disabled)."""
+    """Returns (pred, rep, rep_clf): class logits at stride 4, the optional `head_planes`-d representation
+    (U2PL/BRPG), and the 2 x `head_planes` concatenation [low_feat, aspp] that PCR's prototype head reads (None when
+    disabled). `head_planes` is 256 upstream (hard-coded there); smaller values are for small CPU models (the demo):
+    at stride 4 the two 3x3 convs of the classifier cost more than a ResNet-18 backbone."""
 
     def __init__(self, in_planes, num_classes, low_planes=256, inner_planes=256, dilations=(12, 24, 36),
-                 rep_head=True, rep_clf=False, sync_bn=False):
+                 rep_head=True, rep_clf=False, sync_bn=False, head_planes=HEAD_PLANES):
         super().__init__()
         self.rep_head = rep_head
         self.rep_clf = rep_clf
-        self.low_conv = nn.SequentialCell(conv_bn_relu(low_planes, HEAD_PLANES, 1, sync_bn, bias=True))
+        self.head_planes = head_planes
+        self.low_conv = nn.SequentialCell(conv_bn_relu(low_planes, head_planes, 1, sync_bn, bias=True))
         self.aspp = ASPP(in_planes, inner_planes, dilations, sync_bn)
-        self.head = nn.SequentialCell(conv_bn_relu(self.aspp.get_outplanes(), HEAD_PLANES, 3, sync_bn)
+        self.head = nn.SequentialCell(conv_bn_relu(self.aspp.get_outplanes(), head_planes, 3, sync_bn)
                                       + [dropout2d(DROPOUT)])
-        self.classifier = classifier_head(2 * HEAD_PLANES, num_classes, sync_bn)
+        self.classifier = classifier_head(2 * head_planes, num_classes, sync_bn, head_planes)
         if rep_head:
-            self.representation = classifier_head(2 * HEAD_PLANES, HEAD_PLANES, sync_bn)
+            self.representation = classifier_head(2 * head_planes, head_planes, sync_bn, head_planes)
 
     def construct(self, low, high):
         low_feat = self.low_conv(low)

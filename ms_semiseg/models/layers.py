@@ -41,8 +41,19 @@ def dropout2d(p):
     return nn.Dropout2d(p=p)
 
 
-def max_pool_3x3_s2():
-    # torch MaxPool2d(3, 2, padding=1, ceil_mode=True); pad_mode='same' differs for even input sizes
+# The ResNet stem's 3x3/2 max-pool (config key net.encoder.kwargs.stem_pool):
+#   pytorch: torch MaxPool2d(3, 2, padding=1, ceil_mode=True), as U2PL/PCR's PyTorch code (the paper's numbers);
+#   same:    MaxPool2d(3, 2, pad_mode='same'), as the original PCR MindSpore release (its "Ours (this repo.)" row).
+# They agree for odd input sizes; for an even size n, `same` gives n/2 outputs (pads one -inf row/column at the
+# end only), `pytorch` gives n/2 + 1 (one at each side), so the grid after the stem shifts.
+STEM_POOLS = ("pytorch", "same")
+
+
+def max_pool_3x3_s2(mode="pytorch"):
+    if mode == "same":
+        return nn.MaxPool2d(kernel_size=3, stride=2, pad_mode="same")
+    if mode != "pytorch":
+        raise ValueError(f"max-pool mode {mode!r}: expected one of {STEM_POOLS}")
     return nn.MaxPool2d(kernel_size=3, stride=2, pad_mode="pad", padding=1, ceil_mode=True)
 
 

@@ -6,7 +6,8 @@ checkpoint converts by renaming BatchNorm leaves only.
 from mindspore import nn
 from mindspore.common.initializer import initializer
 
-from .layers import batch_norm, conv2d, max_pool_3x3_s2
+from ..errors import UserError
+from .layers import STEM_POOLS, batch_norm, conv2d, max_pool_3x3_s2
 
 ENCODER_INIT = "kaiming_fan_out"
 
@@ -93,10 +94,20 @@ def layer_dilations(num_blocks, stride, dilation, dilate, multi_grid):
     return stride, dilations, dilation
 
 
+def check_stem_pool(stem_pool):
+    """net.encoder.kwargs.stem_pool: 'pytorch' (default, the paper) or 'same' (the original MindSpore release)."""
+    if stem_pool not in STEM_POOLS:
+        raise UserError(f"net.encoder.kwargs.stem_pool: {stem_pool!r}, expected 'pytorch' (padding=1, "
+                        "ceil_mode=True: the paper's numbers) or 'same' (pad_mode='same': the original PCR "
+                        "MindSpore release's numbers)")
+    return stem_pool
+
+
 class ResNet(nn.Cell):
     def __init__(self, block, layers, zero_init_residual=False, replace_stride_with_dilation=(False, False, False),
-                 multi_grid=False, fpn=False, deep_stem=True, sync_bn=False):
+                 multi_grid=False, fpn=False, deep_stem=True, sync_bn=False, stem_pool="pytorch"):
         super().__init__()
+        check_stem_pool(stem_pool)
         self.fpn = fpn
         self.sync_bn = sync_bn
         if deep_stem:
@@ -110,7 +121,8 @@ class ResNet(nn.Cell):
             self.inplanes = 64
         self.bn1 = batch_norm(self.inplanes, sync_bn)
         self.relu = nn.ReLU()
-        self.maxpool = max_pool_3x3_s2()
+        self.stem_pool = stem_pool
+        self.maxpool = max_pool_3x3_s2(stem_pool)
         self.dilation = 1
         dilate = (False,) + tuple(replace_stride_with_dilation)
         self.layer1 = self._make_layer(block, 64, layers[0], 1, dilate[0])

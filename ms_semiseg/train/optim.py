@@ -26,7 +26,15 @@ def poly_lr(base_lr, total_steps, power=0.9):
 
 
 def decoder_lr_times(cfg):
-    return DECODER_LR_TIMES_PASCAL if "pascal" in str(get(cfg, "dataset.type", "")) else 1
+    """U2PL's rule (10x on VOC, 1x on Cityscapes), unless `trainer.decoder_lr_times` says otherwise: the 10x protects
+    an ImageNet backbone; a backbone trained from scratch (the CPU demo) learns as fast as the decoder."""
+    times = get(cfg, "trainer.decoder_lr_times")
+    if times is None:
+        return DECODER_LR_TIMES_PASCAL if "pascal" in str(get(cfg, "dataset.type", "")) else 1
+    if isinstance(times, bool) or not isinstance(times, (int, float)) or times <= 0:
+        raise UserError(f"trainer.decoder_lr_times: {times!r}, expected a positive number (the decoder's lr / "
+                        "the encoder's; default 10 for pascal datasets, 1 otherwise)")
+    return float(times)
 
 
 def optimizer_settings(cfg):

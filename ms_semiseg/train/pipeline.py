@@ -17,11 +17,19 @@ Epoch composition (spec B.3, U2PL `voc_dset` / `build_voc_semi_loader`):
   whatever the worker count or scheduling, and a resumed epoch (`start_iteration`) replays the same batches.
 - `dataset.train.strong_view` (BRPG / UniMatch): the unlabeled stream also yields a strong view of each weak
   crop (colour jitter, grayscale, blur: `transforms.strong_view`), from its own per-position Generator.
+- A sample that cannot be read (corrupt or empty image, bad label: a UserError of the reader), met by a loader
+  worker mid-epoch: `dataset.on_bad_image: error` (default) stops the run with the reader's one-line message
+  (MindSpore wraps exceptions of the source into its own error text: the source records the UserError and marks
+  its message, `TrainPipeline` raises it again); `skip` takes the next readable sample of the same list instead
+  (dataset index + 1, + 2, ...: the same choice whatever the worker scheduling) and records the file in
+  `SkippedSamples`, listed at the end of the run.
 """
 
 import math
 import os
 import random
+import signal
+import threading
 
 import mindspore.dataset as ds
 import numpy as np
@@ -29,7 +37,7 @@ import numpy as np
 from ms_semiseg.config import get, resolve_path
 from ms_semiseg.data.datasets import build_dataset, derive_unlabeled_list, read_split_list
 from ms_semiseg.data.transforms import build_transform, strong_view, strong_view_enabled
-from ms_semiseg.errors import UserError
+from ms_semiseg.errors import MarkedUserError, UserError, user_error_in
 
 LABELED_STREAM, UNLABELED_STREAM = 0, 1
 _PERMUTATION, _AUGMENTATION = 0, 1
@@ -40,6 +48,7 @@ DEFAULT_WORKERS = 2  # U2PL's `dataset.workers` default
 # memory); cv2 decode/resize and large numpy ops release the GIL, so threads still run in parallel.
 PYTHON_MULTIPROCESSING = False
 DEFAULT_GRANULARITY = 32
+ON_BAD_IMAGE = ("error", "skip")
 
 
 def _rng(seed, epoch, stream, purpose, position=0):
@@ -106,6 +115,73 @@ def check_train_crop(cfg):
     return height, width
 
 
+def on_bad_image(cfg):
+    """`dataset.on_bad_image`: 'error' (default) or 'skip' (see the module notes)."""
+    value = get(cfg, "dataset.on_bad_image", "error")
+    if value not in ON_BAD_IMAGE:
+        raise UserError(f"dataset.on_bad_image: {value!r} is not supported, expected error (stop with the file's "
+                        "name) or skip (train without the sample, listed at the end)")
+    return value
+
+
+class SkippedSamples:
+    """Training samples left out by `dataset.on_bad_image: skip`: {file: the reader's message}, shared by the
+    loader threads (the pipeline runs its workers as threads: PYTHON_MULTIPROCESSING)."""
+
+    def __init__(self, messages=()):
+        self._lock = threading.Lock()
+        self._bad = set()  # (id of the reader, index)
+        self.messages = {}
+        for message in messages:
+            self.messages[self.culprit(message)] = message
+
+    # MindSpore copies (dill-pickles) the source for its loader workers; the copies must share this record: a
+    # copy resolves to the same object through a process-wide registry (the workers are threads of this process)
+    def __reduce__(self):
+        _SKIPPED_REGISTRY[id(self)] = self
+        return _registered_skipped, (id(self),)
+
+    def __deepcopy__(self, memo):
+        return self
+
+    def __copy__(self):
+        return self
+
+    @staticmethod
+    def culprit(message):
+        """The file a reader's message names (its text up to the first ': ')."""
+        return str(message).split(": ", 1)[0]
+
+    def is_bad(self, reader, index):
+        return (id(reader), index) in self._bad
+
+    def add(self, reader, index, error):
+        with self._lock:
+            self._bad.add((id(reader), index))
+            self.messages.setdefault(self.culprit(error), str(error))
+
+    def __len__(self):
+        return len(self.messages)
+
+    def summary(self, shown=20):
+        """Lines listing the skipped files (at most `shown`), empty when none."""
+        if not self.messages:
+            return []
+        lines = [f"  skipped:     {len(self.messages)} unreadable training file(s) (dataset.on_bad_image: skip):"]
+        lines += [f"               {message}" for message in list(self.messages.values())[:shown]]
+        if len(self.messages) > shown:
+            lines.append(f"               ... and {len(self.messages) - shown} more")
+        return lines
+
+
+_SKIPPED_REGISTRY = {}
+
+
+def _registered_skipped(key):
+    # a spawned worker process cannot share the record: it gets its own (counts are then per process)
+    return _SKIPPED_REGISTRY.get(key) or SkippedSamples()
+
+
 def _positive_int(value, key):
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise UserError(f"{key}: {value!r} is not valid, expected a positive int")
@@ -146,20 +222,42 @@ def iterations_per_epoch(cfg, batch_size, world_size=1, semi=True):
 class _EpochSource:
     """Random-access source of one epoch: row i is global position start + i (see the module notes)."""
 
-    def __init__(self, labeled, unlabeled, transform, seed, epoch, orders, start, stop, strong_view=False):
+    def __init__(self, labeled, unlabeled, transform, seed, epoch, orders, start, stop, strong_view=False,
+                 skipped=None):
         self.labeled, self.unlabeled, self.transform = labeled, unlabeled, transform
         self.seed, self.epoch, self.orders = seed, epoch, orders
         self.start, self.stop = start, stop
         self.strong_view = strong_view
+        self.skipped = skipped  # SkippedSamples with dataset.on_bad_image: skip, else None
+        self.error = None  # the first UserError a worker met (MindSpore re-raises it wrapped in its own text)
 
     def __len__(self):
         return self.stop - self.start
 
     def _augmented(self, stream, position):
         dataset = self.labeled if stream == LABELED_STREAM else self.unlabeled
-        image, label, _ = dataset[int(self.orders[stream][position])]
+        image, label = self._read(dataset, int(self.orders[stream][position]))
         rng = _rng(self.seed, self.epoch, stream, _AUGMENTATION, position)
         return self.transform(image, label, rng)
+
+    def _read(self, dataset, index):
+        """(image, label) of sample `index`, or with skipping the next readable one (module notes)."""
+        for offset in range(len(dataset)):
+            candidate = (index + offset) % len(dataset)
+            if self.skipped is not None and self.skipped.is_bad(dataset, candidate):
+                continue
+            try:
+                image, label, _ = dataset[candidate]
+                return image, label
+            except UserError as exc:
+                if self.skipped is None:
+                    self.error = self.error or exc
+                    raise MarkedUserError(exc) from None
+                self.skipped.add(dataset, candidate, exc)
+        error = UserError(f"{dataset.list_path}: none of its {len(dataset)} samples can be read (dataset."
+                          "on_bad_image: skip), expected readable images")
+        self.error = self.error or error
+        raise MarkedUserError(error)
 
     def __getitem__(self, index):
         position = self.start + index
@@ -204,16 +302,45 @@ class TrainPipeline:
     ("image_u" only when semi), plus "image_u_strong" float32 [B,3,H,W] (the strong view of "image_u") when
     `dataset.train.strong_view` is true."""
 
-    def __init__(self, dataset, columns, iterations, batch_size):
+    def __init__(self, dataset, columns, iterations, batch_size, source=None):
         self.dataset, self.columns = dataset, columns
         self.iterations, self.batch_size = iterations, batch_size
+        self.source = source
 
     def __len__(self):
         return self.iterations
 
     def __iter__(self):
-        for batch in self.dataset.create_dict_iterator(output_numpy=True, num_epochs=1):
-            yield {name: batch[name] for name in self.columns}
+        handlers = _python_signal_handlers()
+        iterator = self.dataset.create_dict_iterator(output_numpy=True, num_epochs=1)
+        try:
+            for index, batch in enumerate(iterator):
+                if index == 0:
+                    _reinstall(handlers)
+                yield {name: batch[name] for name in self.columns}
+        except RuntimeError as exc:  # MindSpore's wrapping of an exception raised in the source
+            error = getattr(self.source, "error", None) or user_error_in(exc)
+            if error is None:
+                raise
+            raise error from None
+        finally:
+            iterator.stop()  # the loader threads end here, also when the loop is left early (an interrupt)
+            _reinstall(handlers)
+
+
+def _python_signal_handlers():
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    return {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+
+
+def _reinstall(handlers):
+    """MindSpore's dataset engine installs its own SIGINT/SIGTERM handlers (C level) when a pipeline starts, and
+    they terminate the whole process group at once: put the Python ones back (the trainer's clean stop, Python's
+    KeyboardInterrupt) once the first batch has arrived."""
+    for signum, handler in handlers.items():
+        if handler is not None:
+            signal.signal(signum, handler)
 
 
 def train_readers(cfg, semi, data_root=None):
@@ -236,13 +363,14 @@ def _worker_count(cfg, num_workers):
 
 
 def build_train_pipeline(cfg, seed, epoch, batch_size, rank=0, world_size=1, num_workers=None, semi=True,
-                         start_iteration=0, data_root=None, iterations=None):
+                         start_iteration=0, data_root=None, iterations=None, skipped=None):
     """Batches of epoch `epoch` for `rank` of `world_size` (module notes); deterministic in (seed, epoch).
 
     start_iteration: skip that many iterations (resume inside an epoch); `len()` counts the remaining ones.
     num_workers: parallel loader workers, default `dataset.workers`. data_root overrides dataset.train.data_root.
     iterations: the epoch's length, at most (and by default) `iterations_per_epoch` (gradient accumulation drops
     the micro-batches of an incomplete last update).
+    skipped: the run's SkippedSamples with `dataset.on_bad_image: skip` (a fresh one when None).
     """
     if not 0 <= rank < world_size:
         raise ValueError(f"rank {rank} is outside 0..{world_size - 1}")
@@ -253,12 +381,16 @@ def build_train_pipeline(cfg, seed, epoch, batch_size, rank=0, world_size=1, num
         raise ValueError(f"iterations {iterations} is outside 1..{full}")
     if not 0 <= start_iteration <= iterations:
         raise ValueError(f"start_iteration {start_iteration} is outside 0..{iterations}")
+    if on_bad_image(cfg) == "skip":
+        skipped = SkippedSamples() if skipped is None else skipped
+    else:
+        skipped = None
     labeled, unlabeled = train_readers(cfg, semi, data_root)
     global_batch = batch_size * world_size
     orders = _epoch_orders(_per_run_entries(labeled, unlabeled, seed), seed, epoch)
     strong = semi and strong_view_enabled(cfg["dataset"])
     source = _EpochSource(labeled, unlabeled, build_transform(cfg["dataset"], "train"), seed, epoch, orders,
-                          start_iteration * global_batch, iterations * global_batch, strong)
+                          start_iteration * global_batch, iterations * global_batch, strong, skipped)
     columns = ["image_l", "label_l"] + (["image_u"] if semi else []) + (["image_u_strong"] if strong else [])
     workers = _worker_count(cfg, num_workers)
     dataset = ds.GeneratorDataset(
@@ -266,4 +398,4 @@ def build_train_pipeline(cfg, seed, epoch, batch_size, rank=0, world_size=1, num
         python_multiprocessing=PYTHON_MULTIPROCESSING and workers > 1,
         num_shards=world_size if world_size > 1 else None, shard_id=rank if world_size > 1 else None)
     dataset = dataset.batch(batch_size, drop_remainder=True)
-    return TrainPipeline(dataset, columns, iterations - start_iteration, batch_size)
+    return TrainPipeline(dataset, columns, iterations - start_iteration, batch_size, source)

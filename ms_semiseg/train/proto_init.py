@@ -29,7 +29,7 @@ from ms_semiseg.device import set_device
 from ms_semiseg.errors import UserError
 from ms_semiseg.models import create_model
 from ms_semiseg.models.layers import resize_bilinear
-from ms_semiseg.train.pipeline import DEFAULT_GRANULARITY, train_readers
+from ms_semiseg.train.pipeline import DEFAULT_GRANULARITY, on_bad_image, train_readers
 from ms_semiseg.utils.atomic import write_bytes_atomic
 from ms_semiseg.utils.checkpoint import load_into_model, model_shapes, read_checkpoint, strip_prefix
 
@@ -244,12 +244,23 @@ def load_proto_pickle(path, num_classes, k, dim=512):
 # -------------------------------------------------------------------------------------------- whole pipeline
 
 
-def labeled_images(cfg, data_root=None):
-    """(float32 normalised (3,H,W), int32 (H,W) label) of every labeled training image, whole and unaugmented."""
+def labeled_images(cfg, data_root=None, skipped=None):
+    """(float32 normalised (3,H,W), int32 (H,W) label) of every labeled training image, whole and unaugmented.
+
+    With `dataset.on_bad_image: skip` an unreadable sample is left out (recorded in `skipped`, a SkippedSamples,
+    when given); otherwise its UserError stops the run."""
     labeled, _ = train_readers(cfg, semi=False, data_root=data_root)
+    skip = on_bad_image(cfg) == "skip"
     mean, std = get(cfg, "dataset.mean"), get(cfg, "dataset.std")
     for index in range(len(labeled)):
-        image, label, _ = labeled[index]
+        try:
+            image, label, _ = labeled[index]
+        except UserError as exc:
+            if not skip:
+                raise
+            if skipped is not None:
+                skipped.add(labeled, index, exc)
+            continue
         yield normalize(image, mean, std), label.astype(np.int32)
 
 
@@ -262,12 +273,13 @@ def proto_settings(cfg):
             int(proto_cfg.get("select_granularity", DEFAULT_GRANULARITY)))
 
 
-def init_prototypes(model, cfg, seed=DEFAULT_SEED, per_class_cap=DEFAULT_PER_CLASS_CAP, data_root=None):
+def init_prototypes(model, cfg, seed=DEFAULT_SEED, per_class_cap=DEFAULT_PER_CLASS_CAP, data_root=None,
+                    skipped=None):
     """(bank float32 (C*K, D), {class: sampled pixel count}) from `model` over the labeled training images."""
     num_classes, k, dim, granularity = proto_settings(cfg)
     ignore_label = int(get(cfg, "dataset.ignore_label", 255))
-    features = collect_class_features(model, labeled_images(cfg, data_root), num_classes, per_class_cap, seed,
-                                      granularity, ignore_label)
+    features = collect_class_features(model, labeled_images(cfg, data_root, skipped), num_classes, per_class_cap,
+                                      seed, granularity, ignore_label)
     bank = kmeans_prototypes(features, num_classes, k, seed, dim)
     return bank, {cls: len(rows) for cls, rows in features.items()}
 

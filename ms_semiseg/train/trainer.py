@@ -9,6 +9,7 @@ and `last.ckpt`. At the first semi-supervised epoch the prototypes are initialis
 Files, in the work dir (default: `saver.main_dir` relative to the repo root): `<saver.snapshot_dir>/last.ckpt`,
 `best.ckpt`, `log.csv` (every step), `curves.png`, `config.yaml` (as run, --opts applied), `prototypes_init.pickle`.
 """
+import contextlib
 import csv
 import io
 import os
@@ -22,6 +23,7 @@ import yaml
 from ..config import get, load_config, net_config, resolve_path
 from ..errors import UserError
 from ..utils.atomic import cleanup_stale_temps, ensure_writable_dir, write_bytes_atomic, write_text_atomic
+from ..utils.lock import FolderLock
 from .distributed import context, dump_rank_parameters, is_main_process, main_process_only, sync_replicas
 from .steps import CONFIDENCE, ENTROPY_DROP, LossSettings
 
@@ -414,7 +416,8 @@ class Trainer:
         self.graphs = {"student eval": Predictor(self.pair.student)}
         self._add_step_graphs("supervised step", lambda **kw: SupervisedStep(
             self.pair, self.optimizer, criterion, plan.losses, grad_sums=sums["grads"], **kw))
-        self.brpg = (BRPGTraining(cfg, plan, seed, self.dist.world_size, log=say)
+        self.brpg = (BRPGTraining(cfg, plan, seed, self.dist.world_size, log=say,
+                                  feat_dim=self.pair.student.decoder.head_planes)
                      if plan.semi and brpg_enabled(cfg) else None)
         if plan.semi:
             ema = EMAUpdate(*_ema_pairs(self.pair))
@@ -433,6 +436,9 @@ class Trainer:
         if resume:
             self._resume()
         self.log = StepLog(files.path("log.csv"), plan.log_interval, self.global_step(*self.position))
+        from .pipeline import SkippedSamples
+        self.skipped = SkippedSamples(self.meta.get("skipped_images", ()))  # dataset.on_bad_image: skip
+        self.stop_request, self.resume_command = None, None  # set by `run`: SIGINT/SIGTERM (interrupt.py)
 
     def _accumulation_buffers(self):
         """SumBuffers shared by the accumulate and update graphs (trainer.grad_accumulation > 1), else Nones."""
@@ -485,6 +491,8 @@ class Trainer:
     def save_checkpoint(self, epoch, iteration):
         from .state import save_training_state
         self.meta.update(epoch=epoch, iteration=iteration)
+        if len(self.skipped):
+            self.meta["skipped_images"] = list(self.skipped.messages.values())
         sync_replicas(self.pair)  # collective: every rank gets here
         extra = None if self.brpg is None else self.brpg.checkpoint_arrays()
         if self.dist.is_main:
@@ -541,7 +549,8 @@ class Trainer:
             # images of varying sizes: eager mode, a graph per image size would recompile for every shape
             ms.set_context(mode=ms.PYNATIVE_MODE)
             try:
-                bank, counts = init_prototypes(self.pair.student, self.cfg, self.seed, data_root=self.data_root)
+                bank, counts = init_prototypes(self.pair.student, self.cfg, self.seed, data_root=self.data_root,
+                                               skipped=self.skipped)
             finally:
                 ms.set_context(mode=ms.GRAPH_MODE)
                 self.pair.restore_names()
@@ -617,7 +626,7 @@ class Trainer:
         pipeline = build_train_pipeline(self.cfg, self.seed, epoch, plan.batch_size, self.dist.rank,
                                         self.dist.world_size, semi=plan.semi,
                                         start_iteration=start_iteration, data_root=self.data_root,
-                                        iterations=plan.iterations)
+                                        iterations=plan.iterations, skipped=self.skipped)
         images_per_step = plan.batch_size * self.dist.world_size * (2 if semi else 1)
         phase = "semi" if semi else "supervised"
         bar = tqdm(total=plan.iterations, initial=start_iteration, desc=f"epoch {epoch + 1}/{plan.epochs} {phase}",
@@ -625,6 +634,11 @@ class Trainer:
         run_iteration = self.semi_iteration if semi else self.supervised_iteration
         try:  # the bar is closed before any error message is printed
             for iteration, batch in enumerate(pipeline, start=start_iteration):
+                if self.stop_request and iteration % plan.accumulation == 0:  # SIGINT/SIGTERM, between updates
+                    self._show(bar, self.log.flush(self._on_bad_loss, images_per_step))
+                    if iteration > start_iteration:
+                        self.save_checkpoint(epoch, iteration)
+                    raise self._interrupted(epoch, iteration)
                 step = self.global_step(epoch, iteration)
                 losses = run_iteration(batch, epoch, iteration)
                 lr, lr_decoder = self._lrs(step)
@@ -639,6 +653,12 @@ class Trainer:
             self._show(bar, self.log.flush(self._on_bad_loss, images_per_step))
         finally:
             bar.close()
+
+    def _interrupted(self, epoch, iteration):
+        where = f"at epoch {epoch + 1}, iteration {iteration} (global step {self.global_step(epoch, iteration)})"
+        kept = (f"{self.files.last} holds the last complete state ({self.global_step(*self.position)} iterations "
+                "done)") if os.path.isfile(self.files.last) else None
+        return self.stop_request.interrupted(where, kept, self.resume_command)
 
     def _mid_epoch_save_due(self, iteration):
         interval = self.plan.save_interval  # only between updates: accumulated gradients are not saved
@@ -713,6 +733,8 @@ class Trainer:
             self.run_epoch(epoch, iteration)
             self.end_epoch(epoch)
             epoch, iteration = epoch + 1, 0
+            if self.stop_request and epoch < self.plan.epochs:  # end_epoch has just saved last.ckpt
+                raise self._interrupted(epoch, iteration)
         plot_curves(self.files.path("curves.png"), self.log.rows, self.meta["history"])
         dump_rank_parameters(self.pair, None if self.brpg is None else self.brpg.checkpoint_arrays())  # debug aid
         return self.summary()
@@ -731,7 +753,7 @@ class Trainer:
                  f"  curves.png:  {self.files.path('curves.png')}"]
         if self.plan.use_proto:
             lines.append(f"  prototypes:  {self.files.path('prototypes_init.pickle')} (initial bank)")
-        return "\n".join(lines)
+        return "\n".join(lines + self.skipped.summary())
 
 
 @main_process_only
@@ -790,7 +812,8 @@ def val_dataset(cfg, data_root=None):
 
 def check_data(cfg, plan, data_root=None):
     """Every listed training (and validation) file exists: fail before any output is written."""
-    from .pipeline import train_readers
+    from .pipeline import on_bad_image, train_readers
+    on_bad_image(cfg)
     train_readers(cfg, plan.semi, data_root)
     if plan.eval_on:
         val_dataset(cfg, data_root)
@@ -805,12 +828,13 @@ def _save_run_config(cfg, files):
 def run(args):
     from .distributed import requested_world_size
     from .brpg_step import check_brpg_config
-    from .optim import optimizer_settings
     cfg = load_config(args.config, args.opts)
     world_size = requested_world_size(args.distributed)
     plan = plan_from_config(cfg, world_size)
     check_brpg_config(cfg, plan)
     files = RunFiles.from_config(cfg, args.work_dir)
+    lock = FolderLock(files.work_dir, "work folder", " (--work-dir)")
+    lock.check()  # a run in progress: say so at once (taken below, once the device is up)
     resume = args.resume or bool(get(cfg, "saver.auto_resume", False) and os.path.isfile(files.last))
     if not resume and os.path.isfile(files.last):
         raise UserError(f"{files.last}: a previous run is there, expected --resume to continue it or another "
@@ -819,11 +843,20 @@ def run(args):
     pretrained = _pretrained_path(args, cfg)
     data_root = os.path.abspath(args.data_root) if args.data_root else None  # relative to where the user is
     check_data(cfg, plan, data_root)
-    import mindspore as ms
     from ..device import set_device
     from .distributed import start as start_data_parallel
     # msrun's scheduler process runs this command too: it joins the cluster before any file is touched
     device = start_data_parallel(args.device, world_size).device if args.distributed else set_device(args.device)
+    if not is_main_process():  # rank 0 holds the lock for all ranks
+        return _train(args, cfg, plan, files, seed, pretrained, data_root, resume, device, world_size)
+    with lock:  # released on any exit; a killed run leaves a stale lock that the next run takes over
+        return _train(args, cfg, plan, files, seed, pretrained, data_root, resume, device, world_size)
+
+
+def _train(args, cfg, plan, files, seed, pretrained, data_root, resume, device, world_size):
+    import mindspore as ms
+    from .interrupt import StopRequest, resume_command
+    from .optim import optimizer_settings
     ensure_writable_dir(files.checkpoint_dir, "checkpoint folder")
     if is_main_process():  # another rank could delete rank 0's temporary files while it writes them
         cleanup_stale_temps(files.checkpoint_dir)
@@ -842,7 +875,10 @@ def run(args):
         say("note: no --pretrained backbone (nor saver.pretrain): the encoder starts from random weights; U2PL/PCR "
             "start from ImageNet (convert one with `python -m convert pth2ckpt`)")
     trainer = Trainer(cfg, plan, files, seed, pretrained, data_root, resume)
-    summary = trainer.fit()
+    trainer.resume_command = lambda again: resume_command(args, files.work_dir, again)
+    # data parallel: the ranks could see a signal between different steps, so they keep the default handlers
+    with StopRequest() if world_size == 1 else contextlib.nullcontext() as trainer.stop_request:
+        summary = trainer.fit()
     if is_main_process():
         print(summary)
     return 0
