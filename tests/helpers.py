@@ -27,6 +27,15 @@ def tiny_config(base=VOC_CONFIG, arch="resnet18", **net_overrides):
     return cfg
 
 
+def point_at_data(cfg, root, labeled_list, val_list, crop=33):
+    """Points a config's train/val sections at a fixture (random crop for training, center crop for validation,
+    both crop x crop), as the tiny training tests use it."""
+    dataset = cfg["dataset"]
+    dataset["train"].update(data_root=root, data_list=labeled_list, crop={"type": "rand", "size": [crop, crop]})
+    dataset["val"].update(data_root=root, data_list=val_list, crop={"type": "center", "size": [crop, crop]})
+    return dataset
+
+
 def write_config(cfg, folder, name="config.yaml"):
     os.makedirs(folder, exist_ok=True)
     path = os.path.join(folder, name)

@@ -18,7 +18,7 @@ import sys
 import time
 
 from tests.fixtures import make_voc_fixture
-from tests.helpers import REPO_ROOT, tiny_config, write_config
+from tests.helpers import REPO_ROOT, point_at_data, tiny_config, write_config
 
 IDS = [f"2007_{i:06d}" for i in range(10)]
 LABELED, UNLABELED = IDS[:4], IDS[4:]
@@ -33,11 +33,7 @@ def make_config(root, **dataset_keys):
     data = make_voc_fixture(os.path.join(root, "voc"), sizes, lists={"labeled": LABELED, "unlabeled": UNLABELED,
                                                                       "val": IDS[:3]})
     cfg = tiny_config()
-    dataset = cfg["dataset"]
-    dataset["train"].update(data_root=data["root"], data_list=data["lists"]["labeled"],
-                            crop={"type": "rand", "size": [33, 33]})
-    dataset["val"].update(data_root=data["root"], data_list=data["lists"]["val"],
-                          crop={"type": "center", "size": [33, 33]})
+    dataset = point_at_data(cfg, data["root"], data["lists"]["labeled"], data["lists"]["val"])
     dataset.update(workers=2, **dataset_keys)
     cfg["trainer"].update(epochs=2, sup_only_epoch=1, log_interval=1, save_interval=1)
     cfg["trainer"]["optimizer"]["kwargs"]["lr"] = 0.01

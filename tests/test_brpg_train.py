@@ -19,7 +19,7 @@ from PIL import Image
 from scipy.ndimage import gaussian_filter
 
 from fixtures import make_voc_fixture
-from helpers import REPO_ROOT, tiny_config, write_config
+from helpers import REPO_ROOT, point_at_data, tiny_config, write_config
 from helpers import assert_well_posed, top2_margin
 from test_brpg import DECISION_TOL, prototype_margins
 from test_losses import ohem_well_posed
@@ -49,11 +49,7 @@ def tiny_brpg_config(root):
     data = make_voc_fixture(str(root / "voc"), sizes, num_classes=CLASSES,
                             lists={"labeled": IDS[:4], "unlabeled": IDS[4:], "val": IDS[:3]})
     cfg = tiny_config(base=BRPG_CONFIG)
-    dataset = cfg["dataset"]
-    dataset["train"].update(data_root=data["root"], data_list=data["lists"]["labeled"],
-                            crop={"type": "rand", "size": [33, 33]})
-    dataset["val"].update(data_root=data["root"], data_list=data["lists"]["val"],
-                          crop={"type": "center", "size": [33, 33]})
+    dataset = point_at_data(cfg, data["root"], data["lists"]["labeled"], data["lists"]["val"])
     dataset.update(workers=1, batch_size=2, n_sup=4)
     cfg["net"]["num_classes"] = CLASSES
     cfg["trainer"].update(epochs=EPOCHS, sup_only_epoch=1, log_interval=1, save_interval=2)

@@ -17,7 +17,7 @@ from ms_semiseg.data import make_splits
 from ms_semiseg.data.datasets import class_names_for, palette_for_config
 from ms_semiseg.errors import UserError
 from tests.fixtures import make_voc_fixture
-from tests.helpers import assert_user_error, run_module, tiny_config, write_config
+from tests.helpers import assert_user_error, point_at_data, run_module, tiny_config, write_config
 
 NAMES = ["sky", "grass", "cow"]
 COLOURS = [[10, 20, 30], [0, 255, 0], [200, 100, 50]]
@@ -378,10 +378,7 @@ def test_custom_dataset_trains_and_evaluates(tmp_path):
     splits = root / "splits" / "4"
     cfg = tiny_config()
     cfg["dataset"].update(type="custom", workers=1)
-    cfg["dataset"]["train"].update(data_root=str(root), data_list=str(splits / "labeled.txt"),
-                                   crop={"type": "rand", "size": [33, 33]})
-    cfg["dataset"]["val"].update(data_root=str(root), data_list=str(splits / "val.txt"),
-                                 crop={"type": "center", "size": [33, 33]})
+    point_at_data(cfg, str(root), str(splits / "labeled.txt"), str(splits / "val.txt"))
     cfg["net"]["proto_head"]["select_granularity"] = 4
     cfg["saver"]["main_dir"] = str(tmp_path / "unused")
     config = write_config(cfg, str(tmp_path))

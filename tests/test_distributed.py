@@ -39,7 +39,7 @@ import numpy as np
 import pytest
 
 from fixtures import make_voc_fixture
-from helpers import REPO_ROOT, assert_user_error, run_module, tiny_config, write_config
+from helpers import REPO_ROOT, assert_user_error, point_at_data, run_module, tiny_config, write_config
 from ms_semiseg.train.distributed import (DataParallel, decode_digits, encode_digits, freeze_batch_norm,
                                           use_sync_bn)
 
@@ -177,11 +177,7 @@ def tiny_dataset_config(root):
         label[label == 255] = 0
         cv2.imwrite(path, label)
     cfg = tiny_config()
-    dataset = cfg["dataset"]
-    dataset["train"].update(data_root=data["root"], data_list=data["lists"]["labeled"],
-                            crop={"type": "rand", "size": [33, 33]})
-    dataset["val"].update(data_root=data["root"], data_list=data["lists"]["val"],
-                          crop={"type": "center", "size": [33, 33]})
+    dataset = point_at_data(cfg, data["root"], data["lists"]["labeled"], data["lists"]["val"])
     dataset.update(workers=1, batch_size=2)
     cfg["trainer"].update(epochs=2, sup_only_epoch=1, log_interval=1)
     cfg["trainer"]["optimizer"]["kwargs"]["lr"] = 0.01
