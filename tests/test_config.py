@@ -62,3 +62,14 @@ def test_require_names_missing_and_mistyped_keys():
     cfg["net"]["num_classes"] = "21"
     with pytest.raises(UserError, match="net.num_classes='21' has type str, expected a int"):
         require(cfg, {"net.num_classes": int})
+
+
+def test_decoder_lr_times_follows_u2pl_unless_the_config_sets_it():
+    """U2PL's rule (10x for pascal datasets, 1x otherwise) and the demo's `trainer.decoder_lr_times` override."""
+    from ms_semiseg.train.optim import decoder_lr_times
+    assert decoder_lr_times({"dataset": {"type": "pascal_semi"}}) == 10
+    assert decoder_lr_times({"dataset": {"type": "cityscapes_semi"}}) == 1
+    assert decoder_lr_times({"dataset": {"type": "pascal_semi"}, "trainer": {"decoder_lr_times": 1}}) == 1.0
+    for bad in (0, -2, "ten", True):
+        with pytest.raises(UserError, match=r"trainer.decoder_lr_times: .*expected a positive number"):
+            decoder_lr_times({"dataset": {"type": "pascal_semi"}, "trainer": {"decoder_lr_times": bad}})
