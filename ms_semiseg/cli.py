@@ -14,7 +14,7 @@ COMMANDS = {
     "env": ("ms_semiseg.device_cli", "print MindSpore/torch/numpy/CUDA versions and usable devices"),
     "eval": ("ms_semiseg.eval.evaluate", "evaluate a checkpoint with the upstream protocol (mIoU)"),
     "infer": ("ms_semiseg.eval.infer", "segment your own images (color masks and overlays)"),
-    "export": ("ms_semiseg.eval.export", "export a MindIR file for deployment"),
+    "export": ("ms_semiseg.eval.export", "export a MindIR or ONNX file for deployment"),
     "train": ("ms_semiseg.train.trainer", "train supervised / PCR / BRPG natively in MindSpore"),
     "demo": ("ms_semiseg.demo.run", "run the bundled CPU demo end to end"),
     "split": ("ms_semiseg.data.make_splits", "write labeled/unlabeled split lists for your dataset"),

@@ -18,7 +18,7 @@ OPTIONAL_KEYS = {
     "trainer.freeze_bn",  # BatchNorm uses its moving statistics in training too and keeps them, default false
     "dataset.train.strong_view",  # unlabeled strong view for the student (BRPG/UniMatch), default false
     "dataset.on_bad_image",  # error (default: stop, naming the file) or skip (train without it, listed at the end)
-    "trainer.base_batch_size",  # the global batch the lr was tuned for (README "Fewer devices")
+    "trainer.base_batch_size",  # the global batch the lr was tuned for (docs/distributed.md "Fewer devices")
     "trainer.grad_accumulation",  # micro-batches per optimizer update, default 1
     "trainer.lr_scaling",  # none (default) or linear: lr x global batch / base_batch_size
     "trainer.decoder_lr_times",  # decoder lr / encoder lr, default U2PL's 10 (pascal) or 1 (a from-scratch backbone: 1)

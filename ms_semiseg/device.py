@@ -11,7 +11,7 @@ DEVICES = ("CPU", "GPU", "Ascend")
 
 @functools.lru_cache(maxsize=None)
 def gpu_unavailable_reason():
-    """None when MindSpore can use a GPU, else one line saying why not (see README "Running on GPU")."""
+    """None when MindSpore can use a GPU, else one line saying why not (see docs/install.md "Running on GPU")."""
     cuda_home = os.environ.get("CUDA_HOME")
     if not shutil.which("nvidia-smi") and not os.path.exists("/dev/nvidia0"):
         return "no NVIDIA GPU/driver found (no nvidia-smi, no /dev/nvidia0)"

@@ -1,6 +1,7 @@
 """The bad inputs users hit, run through the real command lines. Shared by `tests/test_bad_input.py` and by
-`python -m tests.bad_inputs`, which prints the README's table (input, command, the one line the user sees),
-followed by the faults met while `train` runs (`tests/run_faults.py`, tested by `tests/test_run_faults.py`).
+`python -m tests.bad_inputs`, which prints the robustness table (input, command, the one line the user sees),
+followed by the faults met while `train` runs (`tests/run_faults.py`, tested by `tests/test_run_faults.py`), and
+writes it in place of the table in docs/robustness.md (`--print-only` leaves the file alone).
 
 Each case builds its input in a fresh folder from a valid workspace (tiny ResNet-18 config, a 4-image VOC fixture,
 a matching checkpoint) and returns the command line; the expectation is exit code 2, one `error:` line naming the
@@ -192,22 +193,51 @@ def run_case(ws, case_id, folder):
     return run_module(*build_case(ws, case_id, folder), timeout=600)
 
 
-def main():
-    import tempfile
-    root = tempfile.mkdtemp(prefix="bad_inputs_")
+TABLE_DOC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "robustness.md")
+TABLE_HEADER = "| # | bad input | command | what the user sees |"
+
+
+def replace_table(text, rows):
+    """`text` with the markdown table that starts at TABLE_HEADER replaced by the header and `rows`."""
+    lines = text.split("\n")
+    if TABLE_HEADER not in lines:
+        raise ValueError(f"no line {TABLE_HEADER!r} to replace")
+    start = lines.index(TABLE_HEADER)
+    end = start
+    while end < len(lines) and lines[end].startswith("|"):
+        end += 1
+    return "\n".join(lines[:start] + [TABLE_HEADER, "| --- | --- | --- | --- |"] + list(rows) + lines[end:])
+
+
+def table_rows(root):
     ws = build_workspace(root)
-    print("| # | bad input | command | what the user sees |")
-    print("| --- | --- | --- | --- |")
+    rows = []
     for number, (case_id, what, _, _) in enumerate(CASES, 1):
         result = run_case(ws, case_id, os.path.join(root, case_id))
         line = (result.stderr.strip().splitlines() or ["(nothing)"])[-1].replace(root, "…").replace("|", "\\|")
         argv = build_case(ws, case_id, os.path.join(root, case_id + "_argv"))
         command = f"{argv[0]} {argv[1]}"
-        print(f"| {number} | {what} | `{command}` | `{line}` (exit {result.returncode}) |")
-    from tests.run_faults import table_rows  # faults met while `train` runs (tests/test_run_faults.py)
-    for row in table_rows(os.path.join(root, "run_faults"), len(CASES) + 1):
-        print(row.replace(root, "…"))
+        rows.append(f"| {number} | {what} | `{command}` | `{line}` (exit {result.returncode}) |")
+    from tests.run_faults import table_rows as fault_rows  # faults met while `train` runs (tests/test_run_faults.py)
+    rows += [row.replace(root, "…") for row in fault_rows(os.path.join(root, "run_faults"), len(CASES) + 1)]
+    return rows
+
+
+def main(argv=None):
+    import tempfile
+    argv = sys.argv[1:] if argv is None else argv
+    root = tempfile.mkdtemp(prefix="bad_inputs_")
+    rows = table_rows(root)
     shutil.rmtree(root, ignore_errors=True)
+    print(TABLE_HEADER)
+    print("| --- | --- | --- | --- |")
+    print("\n".join(rows))
+    if "--print-only" not in argv:
+        with open(TABLE_DOC, encoding="utf-8") as handle:
+            text = replace_table(handle.read(), rows)
+        with open(TABLE_DOC, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        print(f"written to {TABLE_DOC}", file=sys.stderr)
 
 
 if __name__ == "__main__":

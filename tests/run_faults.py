@@ -2,7 +2,7 @@
 the loader workers mid-run (labeled and unlabeled side, `dataset.workers: 2`), `dataset.on_bad_image: skip`, a
 second run on a work folder in use, a stale lock left by a killed run, SIGTERM / SIGINT and the printed resume
 command. Shared by `tests/test_run_faults.py` and by `python -m tests.bad_inputs`, which appends these rows to the
-README's robustness table.
+robustness table in docs/robustness.md.
 
 `run_scenarios(root)` starts every run together (they share the 2 cores and the compile time), does what each
 scenario needs while they run (empty a file once the first checkpoint exists, start a second run on a busy folder,
@@ -169,7 +169,7 @@ def run_scenarios(root):
     return results
 
 
-# (id, what happened, scenario, which result) for the README table
+# (id, what happened, scenario, which result) for the table in docs/robustness.md
 TABLE = [
     ("midrun_labeled_empty", "zero-byte JPEG on the labeled side, met by 2 loader workers mid-run", "labeled",
      "first"),
@@ -186,7 +186,7 @@ TABLE = [
 
 
 def table_rows(root, first_number):
-    """README rows (same columns as tests.bad_inputs): one per TABLE entry."""
+    """Table rows (same columns as tests.bad_inputs): one per TABLE entry."""
     results = run_scenarios(root)
     rows = []
     for number, (_, what, scenario, key) in enumerate(TABLE, first_number):

@@ -57,6 +57,30 @@ def max_pool_3x3_s2(mode="pytorch"):
     return nn.MaxPool2d(kernel_size=3, stride=2, pad_mode="pad", padding=1, ceil_mode=True)
 
 
+class CeilMaxPool3x3s2(nn.Cell):
+    """max_pool_3x3_s2('pytorch') as an explicit -inf pad + unpadded ('valid') max-pool: the same values bit for bit
+    (a max takes no rounding), written with operators MindSpore's ONNX exporter knows (the padded ceil-mode
+    nn.MaxPool2d runs MaxPool3DWithArgmax, which it cannot export). Used by `export --format onnx`.
+
+    torch's ceil mode gives ceil((n - 1) / 2) + 1 outputs from n: one -inf row/column before, and after it one for
+    odd n, two for even n (the last window would otherwise be missing), then 3x3/2 windows without padding."""
+
+    def __init__(self):
+        super().__init__()
+        self.pool = nn.MaxPool2d(kernel_size=3, stride=2, pad_mode="valid")
+
+    def construct(self, x):
+        # concatenated -inf slabs (ones_like * -inf): MindSpore's CPU backend has no PyNative ConstantPadND kernel
+        h, w = x.shape[2], x.shape[3]
+        x = ops.cat((self._border(x[:, :, :, :1]), x, self._border(x[:, :, :, :2 - w % 2])), 3)
+        x = ops.cat((self._border(x[:, :, :1, :]), x, self._border(x[:, :, :2 - h % 2, :])), 2)
+        return self.pool(x)
+
+    @staticmethod
+    def _border(like):
+        return ops.ones_like(like) * float("-inf")
+
+
 class GlobalAvgPool(nn.Cell):
     """AdaptiveAvgPool2d((1, 1)) as a spatial mean (no parameters; keeps the Sequential indices of torch)."""
 
