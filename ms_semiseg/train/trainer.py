@@ -10,385 +10,43 @@ Files, in the work dir (default: `saver.main_dir` relative to the repo root): `<
 `best.ckpt`, `log.csv` (every step), `curves.png`, `config.yaml` (as run, --opts applied), `prototypes_init.pickle`.
 """
 import contextlib
-import csv
-import io
 import os
 import sys
 import time
-from dataclasses import dataclass
 
+import mindspore as ms
 import numpy as np
-import yaml
+from mindspore import Tensor
+from tqdm import tqdm
 
-from ..config import get, load_config, net_config, resolve_path
+from ..config import get, load_config, resolve_path
+from ..data.transforms import build_transform, normalize
+from ..device import set_device
 from ..errors import UserError
-from ..utils.atomic import cleanup_stale_temps, ensure_writable_dir, write_bytes_atomic, write_text_atomic
+from ..eval import IoUAccumulator, center_crop, to_class_map
+from ..losses import drop_percent_schedule, supervised_criterion
+from ..utils.atomic import cleanup_stale_temps, ensure_writable_dir
 from ..utils.lock import FolderLock
-from .distributed import context, dump_rank_parameters, is_main_process, main_process_only, sync_replicas
-from .steps import CONFIDENCE, ENTROPY_DROP, LossSettings
+from .build import build_pair, copy_parameters, ema_pairs
+from .distributed import (broadcast_array, context, dump_rank_parameters, is_main_process, main_process_only,
+                          merged_iou, requested_world_size, start as start_data_parallel, sync_replicas)
+from .ema import EMAUpdate, ema_decay
+from .interrupt import StopRequest, resume_command
+from .masks import (CUTMIX, PATCH_SELECT, STUDENT_DROPOUT, TEACHER_DROPOUT, cutmix_boxes, dropout_keep_masks,
+                    load_dropout_masks, patch_select_coords, step_rng)
+from .optim import build_optimizer, decoder_lr_times, optimizer_settings, poly_lr_at
+from .pipeline import SkippedSamples, build_train_pipeline
+from .plan import check_data, val_dataset, plan_from_config
+from .proto_init import init_prototypes, load_proto_pickle, proto_settings, save_proto_pickle
+from .records import RunFiles, StepLog, TrainingDiverged, plot_curves, resume_seed, save_run_config, say
+from .state import load_training_state, save_model, save_training_state
+from .steps import Predictor, SemiStep, SumBuffers, SupervisedStep, TeacherPseudoLabels, scalar
+# re-exported: the names other modules, tests and scripts import from here
+from .build import load_pretrained  # noqa: F401
+from .plan import DEFAULT_LOG_INTERVAL, GlobalBatch, TrainPlan, global_batch, loss_settings  # noqa: F401
+from .records import LOG_COLUMNS, REPO_ROOT  # noqa: F401
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DEFAULT_SEED = 2  # U2PL's train.sh
-DEFAULT_LOG_INTERVAL = 10
-LOG_COLUMNS = ("epoch", "iteration", "step", "phase", "loss", "sup", "unsup", "proto", "lr", "lr_decoder",
-               "images_per_s", "graphs", "time_s")
-
-
-class TrainingDiverged(UserError):
-    """A NaN/inf loss: the run stops, the last checkpoint (written before the bad step) is kept."""
-    exit_code = 3
-
-
-# ---------------------------------------------------------------------------------------------------- settings
-
-
-def _number(cfg, key, default, low=None, high=None, kind=float):
-    value = get(cfg, key, default)
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and (kind is float or value == int(value))
-    if not ok or (low is not None and value < low) or (high is not None and value > high):
-        bounds = f" in [{low}, {high}]" if high is not None else (f" >= {low}" if low is not None else "")
-        raise UserError(f"{key}: {value!r} is not valid, expected {'an int' if kind is int else 'a number'}{bounds}")
-    return kind(value)
-
-
-@dataclass(frozen=True)
-class TrainPlan:
-    """What the config asks for, validated before anything is built."""
-    epochs: int
-    sup_only_epoch: int
-    semi: bool
-    batch_size: int
-    crop: tuple
-    use_proto: bool
-    granularity: int
-    losses: LossSettings
-    ema_decay: float
-    drop_percent: float
-    cutmix: bool
-    log_interval: int
-    save_interval: int
-    eval_on: bool
-    iterations: int  # per epoch, micro-batches (a multiple of `accumulation`)
-    batch: "GlobalBatch"
-
-    @property
-    def accumulation(self):
-        return self.batch.accumulation
-
-    @property
-    def total_steps(self):
-        return self.epochs * self.iterations
-
-    @property
-    def total_updates(self):
-        """Optimizer steps of the run: the poly LR schedule's length."""
-        return self.total_steps // self.accumulation
-
-    def applies_update(self, iteration):
-        """Whether micro-batch `iteration` ends an update (always, without gradient accumulation)."""
-        return (iteration + 1) % self.accumulation == 0
-
-    @property
-    def warmup_steps(self):
-        return self.sup_only_epoch * self.iterations
-
-    def is_semi_epoch(self, epoch):
-        return self.semi and epoch >= self.sup_only_epoch
-
-
-def _unsup_type(cfg):
-    value = get(cfg, "trainer.unsupervised.loss_type", ENTROPY_DROP)
-    if value not in (ENTROPY_DROP, CONFIDENCE):
-        raise UserError(f"trainer.unsupervised.loss_type: {value!r} is not supported, expected "
-                        f"{ENTROPY_DROP!r} (U2PL) or {CONFIDENCE!r} (conf >= confid_thresh)")
-    return value
-
-
-def _cutmix(cfg):
-    value = get(cfg, "trainer.unsupervised.apply_aug", False)
-    if value not in ("cutmix", False, None, "none"):
-        raise UserError(f"trainer.unsupervised.apply_aug: {value!r} is not supported, expected cutmix or False")
-    return value == "cutmix"
-
-
-def _granularity(cfg, use_proto):
-    from .pipeline import patch_select_granularity
-    granularity = patch_select_granularity(cfg)
-    if use_proto and granularity is None:
-        raise UserError("net.proto_head.patch_select: training the prototype head samples one pixel per patch, "
-                        "expected patch_select: True")
-    return granularity or 0
-
-
-def loss_settings(cfg):
-    aux_cfg = get(cfg, "net.aux_loss")
-    return LossSettings(
-        aux_weight=_number(cfg, "net.aux_loss.loss_weight", 0.4, 0.0) if aux_cfg else 0.0,
-        unsup_type=_unsup_type(cfg),
-        unsup_weight=_number(cfg, "trainer.unsupervised.loss_weight", 1.0, 0.0),
-        confid_thresh=_number(cfg, "trainer.unsupervised.confid_thresh", 0.8, 0.0, 1.0),
-        proto_weight=_number(cfg, "net.proto_head.loss_weight", 1.0, 0.0),
-        proto_update=bool(get(cfg, "net.proto_head.dynamic_update_proto", True)))
-
-
-LR_SCALINGS = ("none", "linear")
-
-
-@dataclass(frozen=True)
-class GlobalBatch:
-    """Labeled images per optimizer step over all devices and accumulated micro-batches, and the LR factor.
-
-    `trainer.base_batch_size`: the global batch the config's lr was tuned for (upstream: 2 per GPU x 8 GPUs = 16);
-    `trainer.lr_scaling: linear` multiplies the lr by global / base (default none: published configs stay exact);
-    `trainer.grad_accumulation: N` sums the gradients of N micro-batches into one update (reach the published
-    global batch on fewer devices)."""
-    per_device: int
-    world_size: int
-    accumulation: int
-    base: int = None
-    scaling: str = "none"
-
-    @property
-    def size(self):
-        return self.per_device * self.world_size * self.accumulation
-
-    @property
-    def lr_scale(self):
-        return self.size / self.base if self.scaling == "linear" else 1.0
-
-    def describe(self, semi, lr):
-        parts = [f"{self.per_device} per device"]
-        if self.world_size > 1:
-            parts.append(f"{self.world_size} devices")
-        if self.accumulation > 1:
-            parts.append(f"{self.accumulation} accumulated micro-batches")
-        text = (f"global batch {self.size} labeled{' + ' + str(self.size) + ' unlabeled' if semi else ''} images "
-                f"per update ({' x '.join(parts)})")
-        if self.base is not None:
-            text += f"; the config was tuned for {self.base} (trainer.base_batch_size)"
-        if self.scaling == "linear":
-            return text + f"; lr {lr:g} x {self.size}/{self.base} = {lr * self.lr_scale:g} (trainer.lr_scaling: linear)"
-        if self.base is not None and self.base != self.size:
-            text += (f"; lr {lr:g} kept (trainer.lr_scaling: none): set trainer.lr_scaling=linear to scale it, "
-                     f"or trainer.grad_accumulation to reach {self.base}")
-        return text
-
-
-def global_batch(cfg, batch_size, world_size):
-    accumulation = _number(cfg, "trainer.grad_accumulation", 1, 1, kind=int)
-    base = get(cfg, "trainer.base_batch_size")
-    if base is not None:
-        base = _number(cfg, "trainer.base_batch_size", None, 1, kind=int)
-    scaling = get(cfg, "trainer.lr_scaling", "none") or "none"
-    if scaling not in LR_SCALINGS:
-        raise UserError(f"trainer.lr_scaling: {scaling!r} is not supported, expected one of {list(LR_SCALINGS)}")
-    if scaling == "linear" and base is None:
-        raise UserError("trainer.lr_scaling: linear needs trainer.base_batch_size, expected the global batch the "
-                        "lr was tuned for (e.g. 16 for the published 8-GPU configs)")
-    return GlobalBatch(batch_size, world_size, accumulation, base, scaling)
-
-
-def _whole_updates(iterations, accumulation):
-    """Micro-batches per epoch, rounded down to whole updates (the rest is dropped, like a last partial batch)."""
-    if iterations < accumulation:
-        raise UserError(f"trainer.grad_accumulation: {accumulation} exceeds the {iterations} iterations of an epoch, "
-                        f"expected at most {iterations}")
-    return iterations // accumulation * accumulation
-
-
-def plan_from_config(cfg, world_size=1):
-    from .pipeline import check_train_crop, iterations_per_epoch
-    epochs = _number(cfg, "trainer.epochs", None, 1, kind=int)
-    sup_only_epoch = _number(cfg, "trainer.sup_only_epoch", 1, 0, kind=int)
-    semi = isinstance(get(cfg, "trainer.unsupervised"), dict) and sup_only_epoch < epochs
-    use_proto = semi and isinstance(get(cfg, "net.proto_head"), dict)
-    batch_size = _number(cfg, "dataset.batch_size", None, 1, kind=int)
-    if semi and batch_size < 2:
-        raise UserError("dataset.batch_size: 1 is too small for CutMix and BatchNorm, expected at least 2")
-    batch = global_batch(cfg, batch_size, world_size)
-    return TrainPlan(
-        epochs=epochs, sup_only_epoch=min(sup_only_epoch, epochs), semi=semi, batch_size=batch_size,
-        crop=check_train_crop(cfg), use_proto=use_proto, granularity=_granularity(cfg, use_proto),
-        losses=loss_settings(cfg), ema_decay=_number(cfg, "net.ema_decay", 0.99, 0.0, 1.0),
-        drop_percent=_number(cfg, "trainer.unsupervised.drop_percent", 100, 0.0, 100.0),
-        cutmix=semi and _cutmix(cfg), log_interval=_number(cfg, "trainer.log_interval", DEFAULT_LOG_INTERVAL, 1,
-                                                           kind=int),
-        save_interval=_number(cfg, "trainer.save_interval", 0, 0, kind=int),
-        eval_on=bool(get(cfg, "trainer.eval_on", True)) and bool(get(cfg, "dataset.val")),
-        iterations=_whole_updates(iterations_per_epoch(cfg, batch_size, world_size, semi), batch.accumulation),
-        batch=batch)  # batch_size is per device
-
-
-@dataclass(frozen=True)
-class RunFiles:
-    work_dir: str
-    checkpoint_dir: str
-
-    @classmethod
-    def from_config(cls, cfg, work_dir=None):
-        if work_dir is None:
-            main_dir = get(cfg, "saver.main_dir")
-            if not main_dir:
-                raise UserError("saver.main_dir: missing, expected the output folder (or pass --work-dir)")
-            # upstream layout: ckpt/<dataset>/<split>/<method>, relative to the repo root (where eval.sh looks)
-            work_dir = main_dir if os.path.isabs(main_dir) else os.path.join(REPO_ROOT, main_dir)
-        work_dir = os.path.abspath(os.path.expanduser(work_dir))
-        return cls(work_dir, os.path.join(work_dir, str(get(cfg, "saver.snapshot_dir", "checkpoints"))))
-
-    def path(self, name):
-        return os.path.join(self.work_dir, name)
-
-    @property
-    def last(self):
-        return os.path.join(self.checkpoint_dir, "last.ckpt")
-
-    @property
-    def best(self):
-        return os.path.join(self.checkpoint_dir, "best.ckpt")
-
-
-# ------------------------------------------------------------------------------------------------------ models
-
-
-def load_pretrained(model, path):
-    """An ImageNet backbone (`encoder.*` only, from `convert pth2ckpt`) or a whole segmentor checkpoint; the
-    prototype bank may be missing from the latter (it is initialised at the first semi-supervised epoch)."""
-    import mindspore as ms
-    from ..utils.checkpoint import compare_to_model, model_shapes, read_checkpoint, strip_prefix
-    params = strip_prefix(read_checkpoint(path))
-    shapes = model_shapes(model)
-    if all(name.startswith("encoder.") for name in params):
-        shapes = {k: v for k, v in shapes.items() if k.startswith("encoder.")}
-    elif not any(name.startswith("proto_net.") for name in params):
-        shapes = {k: v for k, v in shapes.items() if not k.startswith("proto_net.")}
-    compare_to_model(params, shapes, path)
-    ms.load_param_into_net(model, params, strict_load=True)
-    return len(params)
-
-
-def build_pair(cfg, plan, pretrained=None):
-    """(MeanTeacherPair, student dropout cells, teacher dropout cells); the teacher starts as a copy."""
-    from ..models import create_model
-    from .masks import install_host_dropout
-    from .steps import MeanTeacherPair
-    from .distributed import broadcast_parameters, freeze_batch_norm, freeze_bn_requested, use_sync_bn
-    net_cfg = net_config(cfg)
-    sync_bn = use_sync_bn(cfg, warn=say)
-    student = create_model(net_cfg, sync_bn=sync_bn)
-    if pretrained:
-        load_pretrained(student, pretrained)
-    max_batch = 2 * plan.batch_size if plan.semi else plan.batch_size
-    student_drop = install_host_dropout(student, max_batch)
-    teacher, teacher_drop = None, []
-    if plan.semi:
-        teacher = create_model(net_cfg, sync_bn=sync_bn)
-        teacher_drop = install_host_dropout(teacher, max_batch)
-    pair = MeanTeacherPair(student, teacher)
-    if freeze_bn_requested(cfg):
-        freeze_batch_norm(pair)
-    broadcast_parameters(pair)  # data parallel: every replica starts from rank 0's weights
-    if teacher is not None:
-        copy_parameters(*_ema_pairs(pair))
-    return pair, student_drop, teacher_drop
-
-
-def _ema_pairs(pair):
-    from .ema import ema_parameter_pairs
-    return ema_parameter_pairs(pair.student, pair.teacher)
-
-
-def copy_parameters(targets, sources):
-    from mindspore import Tensor
-    for target, source in zip(targets, sources):
-        target.set_data(Tensor(source.asnumpy().copy()))
-
-
-# ----------------------------------------------------------------------------------------------------- records
-
-
-class StepLog:
-    """Loss tensors of the last steps, fetched to the host every `interval` steps (no per-step round trip),
-    checked for NaN/inf, appended to log.csv and shown on the progress bar."""
-
-    def __init__(self, path, interval, resume_step):
-        self.path, self.interval = path, interval
-        self.pending, self.rows = [], _read_log(path, resume_step)
-        self.window_start = time.perf_counter()
-        self._rewrite()
-
-    @main_process_only
-    def _rewrite(self):
-        buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, LOG_COLUMNS)
-        writer.writeheader()
-        writer.writerows(self.rows)
-        write_text_atomic(self.path, buffer.getvalue())
-
-    def add(self, info, losses):
-        self.pending.append((info, losses))
-        return len(self.pending) >= self.interval
-
-    def flush(self, on_bad_loss, images_per_step):
-        """Fetches pending losses; returns the newest row (None when nothing was pending)."""
-        if not self.pending:
-            return None
-        values = np.stack([losses.asnumpy() for _, losses in self.pending])
-        elapsed = time.perf_counter() - self.window_start
-        speed = images_per_step * len(self.pending) / max(elapsed, 1e-9)
-        finite = np.all(np.isfinite(values), axis=1)
-        good = len(values) if finite.all() else int(np.argmin(finite))
-        new_rows = [{**info, "loss": float(value[0]), "sup": float(value[1]), "unsup": float(value[2]),
-                     "proto": float(value[3]), "images_per_s": round(speed, 3)}
-                    for (info, _), value in zip(self.pending[:good], values[:good])]
-        self._append(new_rows)
-        self.rows.extend(new_rows)
-        if good < len(values):  # the rows before the bad step are recorded first
-            on_bad_loss(self.pending[good][0], values[good])
-        self.pending = []
-        self.window_start = time.perf_counter()
-        return new_rows[-1]
-
-    @main_process_only
-    def _append(self, rows):
-        with open(self.path, "a", newline="", encoding="utf-8") as handle:
-            csv.DictWriter(handle, LOG_COLUMNS).writerows(rows)
-
-
-def _read_log(path, before_step):
-    """Rows of an existing log.csv for steps < before_step (a resumed run rewrites the rest)."""
-    if before_step == 0 or not os.path.isfile(path):
-        return []
-    with open(path, newline="", encoding="utf-8") as handle:
-        return [row for row in csv.DictReader(handle) if row.get("step", "").isdigit()
-                and int(row["step"]) < before_step]
-
-
-@main_process_only
-def plot_curves(path, rows, history):
-    """PNG with the loss components per step and the validation mIoU per epoch."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, (ax_loss, ax_miou) = plt.subplots(1, 2, figsize=(11, 4))
-    steps = [int(row["step"]) for row in rows]
-    for column in ("loss", "sup", "unsup", "proto"):
-        values = [float(row[column]) for row in rows]
-        if any(values):
-            ax_loss.plot(steps, values, label=column, linewidth=0.8)
-    ax_loss.set(xlabel="iteration", ylabel="loss", title="training losses")
-    for key, label in (("miou", "linear head"), ("proto_miou", "prototype head")):
-        points = [(h["epoch"], 100 * h[key]) for h in history if h.get(key) is not None]
-        if points:
-            ax_miou.plot(*zip(*points), marker="o", label=label)
-    ax_miou.set(xlabel="epoch", ylabel="mIoU (%)", title="validation (center crop)")
-    for axis in (ax_loss, ax_miou):
-        if axis.lines:
-            axis.legend()
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100)
-    plt.close(fig)
-    write_bytes_atomic(path, buffer.getvalue())
 
 
 # ----------------------------------------------------------------------------------------------------- trainer
@@ -398,13 +56,8 @@ class Trainer:
     """Builds the models, graphs and state of one run and executes it epoch by epoch."""
 
     def __init__(self, cfg, plan, files, seed, pretrained=None, data_root=None, resume=False):
-        import mindspore as ms
-        from ..losses import supervised_criterion
-        from .ema import EMAUpdate
-        from .optim import build_optimizer
         from .brpg import brpg_enabled
         from .brpg_step import BRPGTraining
-        from .steps import Predictor, SemiStep, SupervisedStep, TeacherPseudoLabels
         self.cfg, self.plan, self.files, self.seed, self.data_root = cfg, plan, files, seed, data_root
         self.dist = context()
         ms.set_seed(seed)
@@ -420,7 +73,7 @@ class Trainer:
                                   feat_dim=self.pair.student.decoder.head_planes)
                      if plan.semi and brpg_enabled(cfg) else None)
         if plan.semi:
-            ema = EMAUpdate(*_ema_pairs(self.pair))
+            ema = EMAUpdate(*ema_pairs(self.pair))
             if self.brpg is None:
                 self._add_step_graphs("semi step", lambda **kw: SemiStep(
                     self.pair, self.optimizer, criterion, plan.losses, ema, plan.use_proto, sums["grads"],
@@ -436,13 +89,11 @@ class Trainer:
         if resume:
             self._resume()
         self.log = StepLog(files.path("log.csv"), plan.log_interval, self.global_step(*self.position))
-        from .pipeline import SkippedSamples
         self.skipped = SkippedSamples(self.meta.get("skipped_images", ()))  # dataset.on_bad_image: skip
         self.stop_request, self.resume_command = None, None  # set by `run`: SIGINT/SIGTERM (interrupt.py)
 
     def _accumulation_buffers(self):
         """SumBuffers shared by the accumulate and update graphs (trainer.grad_accumulation > 1), else Nones."""
-        from .steps import SumBuffers
         if self.plan.accumulation == 1:
             return {"grads": None, "stats": None}
         grads = SumBuffers([p.shape for p in self.optimizer.parameters], "grad_sum", 1.0 / self.plan.accumulation)
@@ -471,7 +122,6 @@ class Trainer:
         return epoch * self.plan.iterations + iteration
 
     def _resume(self):
-        from .state import load_training_state
         if not os.path.isfile(self.files.last):
             raise UserError(f"{self.files.last}: no checkpoint to resume from, expected a previous run in "
                             f"{self.files.work_dir} (or drop --resume)")
@@ -489,7 +139,6 @@ class Trainer:
             f"{self.meta['iteration']} (global step {self.global_step(*self.position)})")
 
     def save_checkpoint(self, epoch, iteration):
-        from .state import save_training_state
         self.meta.update(epoch=epoch, iteration=iteration)
         if len(self.skipped):
             self.meta["skipped_images"] = list(self.skipped.messages.values())
@@ -530,13 +179,10 @@ class Trainer:
         """Prototype initialisation (spec C.1) and teacher := student, before the first semi-supervised step."""
         if self.plan.use_proto:
             self._init_prototypes()
-        copy_parameters(*_ema_pairs(self.pair))
+        copy_parameters(*ema_pairs(self.pair))
         say("teacher initialised from the student; semi-supervised training starts")
 
     def _init_prototypes(self):
-        import mindspore as ms
-        from .distributed import broadcast_array
-        from .proto_init import init_prototypes, load_proto_pickle, proto_settings, save_proto_pickle
         num_classes, k, dim, _ = proto_settings(self.cfg)
         source = resolve_path(self.cfg, get(self.cfg, "net.proto_head.init_proto_path"))
         if source and os.path.isfile(source):
@@ -563,23 +209,16 @@ class Trainer:
     # --------------------------------------------------------------------------------------------- iterations
 
     def _load_dropout_masks(self, epoch, iteration):
-        from .masks import STUDENT_DROPOUT, TEACHER_DROPOUT, dropout_keep_masks, load_dropout_masks, step_rng
         for cells, purpose in ((self.student_drop, STUDENT_DROPOUT), (self.teacher_drop, TEACHER_DROPOUT)):
             load_dropout_masks(cells, dropout_keep_masks(step_rng(self.seed, epoch, iteration, purpose), cells,
                                                          self.dist.row_shard(self.plan.batch_size)))
 
     def supervised_iteration(self, batch, epoch, iteration):
-        from mindspore import Tensor
         self._load_dropout_masks(epoch, iteration)
         return self._call(self._step_graph("supervised step", iteration), Tensor(batch["image_l"]),
                           Tensor(batch["label_l"]))
 
     def semi_iteration(self, batch, epoch, iteration):
-        from mindspore import Tensor
-        from ..losses import drop_percent_schedule
-        from .ema import ema_decay
-        from .masks import CUTMIX, PATCH_SELECT, cutmix_boxes, patch_select_coords, step_rng
-        from .steps import scalar
         plan = self.plan
         extra = () if self.brpg is None else (self.brpg.step_inputs(epoch, iteration),)  # BRPG clusters when due
         image_u = Tensor(batch["image_u"])
@@ -609,7 +248,6 @@ class Trainer:
         return self.brpg.after_step(outputs, teacher, batch["label_l"], epoch, iteration)  # BRPG's CPG sampling
 
     def _lrs(self, step):
-        from .optim import decoder_lr_times, optimizer_settings, poly_lr_at
         base, _, _, power = optimizer_settings(self.cfg)
         base *= self.plan.batch.lr_scale
         update = step // self.plan.accumulation
@@ -617,8 +255,6 @@ class Trainer:
                      for times in (1, decoder_lr_times(self.cfg)))
 
     def run_epoch(self, epoch, start_iteration):
-        from tqdm import tqdm
-        from .pipeline import build_train_pipeline
         plan = self.plan
         semi = plan.is_semi_epoch(epoch)
         if semi and epoch == plan.sup_only_epoch and start_iteration == 0:
@@ -675,10 +311,6 @@ class Trainer:
 
     def validate(self, epoch):
         """Center-crop mIoU of the teacher (semi epochs) or the student: {'miou', 'proto_miou' or None}."""
-        from mindspore import Tensor
-        from ..data.transforms import build_transform, normalize
-        from ..eval import IoUAccumulator, center_crop, to_class_map
-        from .distributed import merged_iou
         dataset_cfg = self.cfg["dataset"]
         num_classes = get(self.cfg, "net.num_classes")
         dataset = val_dataset(self.cfg, self.data_root)
@@ -708,7 +340,6 @@ class Trainer:
     # ------------------------------------------------------------------------------------------------- loop
 
     def end_epoch(self, epoch):
-        from .state import save_model
         record = {"epoch": epoch + 1}
         sync_replicas(self.pair)  # every rank validates and saves the same model
         model_name = "teacher" if self.plan.is_semi_epoch(epoch) else "student"
@@ -756,11 +387,6 @@ class Trainer:
         return "\n".join(lines + self.skipped.summary())
 
 
-@main_process_only
-def say(message):
-    from tqdm import tqdm
-    tqdm.write(message, file=sys.stderr)
-
 
 # --------------------------------------------------------------------------------------------------------- CLI
 
@@ -790,43 +416,7 @@ def _pretrained_path(args, cfg):
     return path
 
 
-def _resume_seed(files, requested):
-    """The seed stored in last.ckpt; an explicit different --seed is an error (it would change the run)."""
-    from .state import read_meta
-    if not os.path.isfile(files.last):
-        raise UserError(f"{files.last}: no checkpoint to resume from, expected a previous run in {files.work_dir} "
-                        "(or drop --resume)")
-    seed = read_meta(files.last)["seed"]
-    if requested is not None and requested != seed:
-        raise UserError(f"--seed {requested}: the run being resumed used seed {seed}, expected the same seed")
-    return seed
-
-
-def val_dataset(cfg, data_root=None):
-    """Reader of dataset.val (paths relative to the config; data_root overrides its data_root)."""
-    from ..data.datasets import build_dataset
-    return build_dataset(cfg["dataset"], "val", num_classes=get(cfg, "net.num_classes"),
-                         data_root_override=resolve_path(cfg, data_root or get(cfg, "dataset.val.data_root")),
-                         list_override=resolve_path(cfg, get(cfg, "dataset.val.data_list")))
-
-
-def check_data(cfg, plan, data_root=None):
-    """Every listed training (and validation) file exists: fail before any output is written."""
-    from .pipeline import on_bad_image, train_readers
-    on_bad_image(cfg)
-    train_readers(cfg, plan.semi, data_root)
-    if plan.eval_on:
-        val_dataset(cfg, data_root)
-
-
-@main_process_only
-def _save_run_config(cfg, files):
-    clean = {k: v for k, v in cfg.items() if not k.startswith("_")}
-    write_text_atomic(files.path("config.yaml"), yaml.safe_dump(clean, sort_keys=False))
-
-
 def run(args):
-    from .distributed import requested_world_size
     from .brpg_step import check_brpg_config
     cfg = load_config(args.config, args.opts)
     world_size = requested_world_size(args.distributed)
@@ -839,12 +429,10 @@ def run(args):
     if not resume and os.path.isfile(files.last):
         raise UserError(f"{files.last}: a previous run is there, expected --resume to continue it or another "
                         "--work-dir (delete the folder to start over)")
-    seed = _resume_seed(files, args.seed) if resume else (DEFAULT_SEED if args.seed is None else args.seed)
+    seed = resume_seed(files, args.seed) if resume else (DEFAULT_SEED if args.seed is None else args.seed)
     pretrained = _pretrained_path(args, cfg)
     data_root = os.path.abspath(args.data_root) if args.data_root else None  # relative to where the user is
     check_data(cfg, plan, data_root)
-    from ..device import set_device
-    from .distributed import start as start_data_parallel
     # msrun's scheduler process runs this command too: it joins the cluster before any file is touched
     device = start_data_parallel(args.device, world_size).device if args.distributed else set_device(args.device)
     if not is_main_process():  # rank 0 holds the lock for all ranks
@@ -854,15 +442,12 @@ def run(args):
 
 
 def _train(args, cfg, plan, files, seed, pretrained, data_root, resume, device, world_size):
-    import mindspore as ms
-    from .interrupt import StopRequest, resume_command
-    from .optim import optimizer_settings
     ensure_writable_dir(files.checkpoint_dir, "checkpoint folder")
     if is_main_process():  # another rank could delete rank 0's temporary files while it writes them
         cleanup_stale_temps(files.checkpoint_dir)
         cleanup_stale_temps(files.work_dir)
     ms.set_context(mode=ms.GRAPH_MODE)
-    _save_run_config(cfg, files)
+    save_run_config(cfg, files)
     method = ("supervised only" if not plan.semi else "mean teacher" + (" + prototypes (PCR)" if plan.use_proto
                                                                        else " (U2PL)"))
     if plan.semi and get(cfg, "trainer.prototype") is not None:

@@ -1,0 +1,202 @@
+"""The training plan: the config's training settings validated into one frozen object before anything is built
+or written (`plan_from_config`), and the data checks made before the first output file."""
+from dataclasses import dataclass
+
+from ..config import get, resolve_path
+from ..data.datasets import build_dataset
+from ..errors import UserError
+from .pipeline import check_train_crop, iterations_per_epoch, on_bad_image, patch_select_granularity, train_readers
+from .steps import CONFIDENCE, ENTROPY_DROP, LossSettings
+
+DEFAULT_LOG_INTERVAL = 10
+
+
+def _number(cfg, key, default, low=None, high=None, kind=float):
+    value = get(cfg, key, default)
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and (kind is float or value == int(value))
+    if not ok or (low is not None and value < low) or (high is not None and value > high):
+        bounds = f" in [{low}, {high}]" if high is not None else (f" >= {low}" if low is not None else "")
+        raise UserError(f"{key}: {value!r} is not valid, expected {'an int' if kind is int else 'a number'}{bounds}")
+    return kind(value)
+
+
+@dataclass(frozen=True)
+class TrainPlan:
+    """What the config asks for, validated before anything is built."""
+    epochs: int
+    sup_only_epoch: int
+    semi: bool
+    batch_size: int
+    crop: tuple
+    use_proto: bool
+    granularity: int
+    losses: LossSettings
+    ema_decay: float
+    drop_percent: float
+    cutmix: bool
+    log_interval: int
+    save_interval: int
+    eval_on: bool
+    iterations: int  # per epoch, micro-batches (a multiple of `accumulation`)
+    batch: "GlobalBatch"  # defined below
+
+    @property
+    def accumulation(self):
+        return self.batch.accumulation
+
+    @property
+    def total_steps(self):
+        return self.epochs * self.iterations
+
+    @property
+    def total_updates(self):
+        """Optimizer steps of the run: the poly LR schedule's length."""
+        return self.total_steps // self.accumulation
+
+    def applies_update(self, iteration):
+        """Whether micro-batch `iteration` ends an update (always, without gradient accumulation)."""
+        return (iteration + 1) % self.accumulation == 0
+
+    @property
+    def warmup_steps(self):
+        return self.sup_only_epoch * self.iterations
+
+    def is_semi_epoch(self, epoch):
+        return self.semi and epoch >= self.sup_only_epoch
+
+
+def _unsup_type(cfg):
+    value = get(cfg, "trainer.unsupervised.loss_type", ENTROPY_DROP)
+    if value not in (ENTROPY_DROP, CONFIDENCE):
+        raise UserError(f"trainer.unsupervised.loss_type: {value!r} is not supported, expected "
+                        f"{ENTROPY_DROP!r} (U2PL) or {CONFIDENCE!r} (conf >= confid_thresh)")
+    return value
+
+
+def _cutmix(cfg):
+    value = get(cfg, "trainer.unsupervised.apply_aug", False)
+    if value not in ("cutmix", False, None, "none"):
+        raise UserError(f"trainer.unsupervised.apply_aug: {value!r} is not supported, expected cutmix or False")
+    return value == "cutmix"
+
+
+def _granularity(cfg, use_proto):
+    granularity = patch_select_granularity(cfg)
+    if use_proto and granularity is None:
+        raise UserError("net.proto_head.patch_select: training the prototype head samples one pixel per patch, "
+                        "expected patch_select: True")
+    return granularity or 0
+
+
+def loss_settings(cfg):
+    aux_cfg = get(cfg, "net.aux_loss")
+    return LossSettings(
+        aux_weight=_number(cfg, "net.aux_loss.loss_weight", 0.4, 0.0) if aux_cfg else 0.0,
+        unsup_type=_unsup_type(cfg),
+        unsup_weight=_number(cfg, "trainer.unsupervised.loss_weight", 1.0, 0.0),
+        confid_thresh=_number(cfg, "trainer.unsupervised.confid_thresh", 0.8, 0.0, 1.0),
+        proto_weight=_number(cfg, "net.proto_head.loss_weight", 1.0, 0.0),
+        proto_update=bool(get(cfg, "net.proto_head.dynamic_update_proto", True)))
+
+
+LR_SCALINGS = ("none", "linear")
+
+
+@dataclass(frozen=True)
+class GlobalBatch:
+    """Labeled images per optimizer step over all devices and accumulated micro-batches, and the LR factor.
+
+    `trainer.base_batch_size`: the global batch the config's lr was tuned for (upstream: 2 per GPU x 8 GPUs = 16);
+    `trainer.lr_scaling: linear` multiplies the lr by global / base (default none: published configs stay exact);
+    `trainer.grad_accumulation: N` sums the gradients of N micro-batches into one update (reach the published
+    global batch on fewer devices)."""
+    per_device: int
+    world_size: int
+    accumulation: int
+    base: int = None
+    scaling: str = "none"
+
+    @property
+    def size(self):
+        return self.per_device * self.world_size * self.accumulation
+
+    @property
+    def lr_scale(self):
+        return self.size / self.base if self.scaling == "linear" else 1.0
+
+    def describe(self, semi, lr):
+        parts = [f"{self.per_device} per device"]
+        if self.world_size > 1:
+            parts.append(f"{self.world_size} devices")
+        if self.accumulation > 1:
+            parts.append(f"{self.accumulation} accumulated micro-batches")
+        text = (f"global batch {self.size} labeled{' + ' + str(self.size) + ' unlabeled' if semi else ''} images "
+                f"per update ({' x '.join(parts)})")
+        if self.base is not None:
+            text += f"; the config was tuned for {self.base} (trainer.base_batch_size)"
+        if self.scaling == "linear":
+            return text + f"; lr {lr:g} x {self.size}/{self.base} = {lr * self.lr_scale:g} (trainer.lr_scaling: linear)"
+        if self.base is not None and self.base != self.size:
+            text += (f"; lr {lr:g} kept (trainer.lr_scaling: none): set trainer.lr_scaling=linear to scale it, "
+                     f"or trainer.grad_accumulation to reach {self.base}")
+        return text
+
+
+def global_batch(cfg, batch_size, world_size):
+    accumulation = _number(cfg, "trainer.grad_accumulation", 1, 1, kind=int)
+    base = get(cfg, "trainer.base_batch_size")
+    if base is not None:
+        base = _number(cfg, "trainer.base_batch_size", None, 1, kind=int)
+    scaling = get(cfg, "trainer.lr_scaling", "none") or "none"
+    if scaling not in LR_SCALINGS:
+        raise UserError(f"trainer.lr_scaling: {scaling!r} is not supported, expected one of {list(LR_SCALINGS)}")
+    if scaling == "linear" and base is None:
+        raise UserError("trainer.lr_scaling: linear needs trainer.base_batch_size, expected the global batch the "
+                        "lr was tuned for (e.g. 16 for the published 8-GPU configs)")
+    return GlobalBatch(batch_size, world_size, accumulation, base, scaling)
+
+
+def _whole_updates(iterations, accumulation):
+    """Micro-batches per epoch, rounded down to whole updates (the rest is dropped, like a last partial batch)."""
+    if iterations < accumulation:
+        raise UserError(f"trainer.grad_accumulation: {accumulation} exceeds the {iterations} iterations of an epoch, "
+                        f"expected at most {iterations}")
+    return iterations // accumulation * accumulation
+
+
+def plan_from_config(cfg, world_size=1):
+    epochs = _number(cfg, "trainer.epochs", None, 1, kind=int)
+    sup_only_epoch = _number(cfg, "trainer.sup_only_epoch", 1, 0, kind=int)
+    semi = isinstance(get(cfg, "trainer.unsupervised"), dict) and sup_only_epoch < epochs
+    use_proto = semi and isinstance(get(cfg, "net.proto_head"), dict)
+    batch_size = _number(cfg, "dataset.batch_size", None, 1, kind=int)
+    if semi and batch_size < 2:
+        raise UserError("dataset.batch_size: 1 is too small for CutMix and BatchNorm, expected at least 2")
+    batch = global_batch(cfg, batch_size, world_size)
+    return TrainPlan(
+        epochs=epochs, sup_only_epoch=min(sup_only_epoch, epochs), semi=semi, batch_size=batch_size,
+        crop=check_train_crop(cfg), use_proto=use_proto, granularity=_granularity(cfg, use_proto),
+        losses=loss_settings(cfg), ema_decay=_number(cfg, "net.ema_decay", 0.99, 0.0, 1.0),
+        drop_percent=_number(cfg, "trainer.unsupervised.drop_percent", 100, 0.0, 100.0),
+        cutmix=semi and _cutmix(cfg), log_interval=_number(cfg, "trainer.log_interval", DEFAULT_LOG_INTERVAL, 1,
+                                                           kind=int),
+        save_interval=_number(cfg, "trainer.save_interval", 0, 0, kind=int),
+        eval_on=bool(get(cfg, "trainer.eval_on", True)) and bool(get(cfg, "dataset.val")),
+        iterations=_whole_updates(iterations_per_epoch(cfg, batch_size, world_size, semi), batch.accumulation),
+        batch=batch)  # batch_size is per device
+
+
+def val_dataset(cfg, data_root=None):
+    """Reader of dataset.val (paths relative to the config; data_root overrides its data_root)."""
+    return build_dataset(cfg["dataset"], "val", num_classes=get(cfg, "net.num_classes"),
+                         data_root_override=resolve_path(cfg, data_root or get(cfg, "dataset.val.data_root")),
+                         list_override=resolve_path(cfg, get(cfg, "dataset.val.data_list")))
+
+
+def check_data(cfg, plan, data_root=None):
+    """Every listed training (and validation) file exists: fail before any output is written."""
+    on_bad_image(cfg)
+    train_readers(cfg, plan.semi, data_root)
+    if plan.eval_on:
+        val_dataset(cfg, data_root)
+
