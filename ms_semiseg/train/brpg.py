@@ -20,14 +20,9 @@ from ..losses.brpg import (confident_samples, grid_coords, grid_samples, masked_
 from ..losses.ohem import IGNORE_INDEX
 from .brpg_cluster import build_prototypes
 from .brpg_queue import HIGH, LOW, CPGSampler, FeatureQueues
-from .brpg_settings import BRPGSettings
+from .brpg_settings import BRPGSettings, brpg_enabled  # noqa: F401 (re-exported)
 
 LOGGER = logging.getLogger(__name__)
-
-
-def brpg_enabled(cfg):
-    """True when the config asks for BRPG's prototype loss (a `trainer.prototype` section)."""
-    return isinstance(get(cfg, "trainer.prototype"), dict)
 
 
 def segment_sums(feats, segment, weight, num_segments):

@@ -16,6 +16,11 @@ DISPERSION_METRICS = ("cos_sim", "l2", "l2_norm")
 FALLBACK, ERROR = "fallback", "error"
 
 
+def brpg_enabled(cfg):
+    """True when the config asks for BRPG's prototype loss (a `trainer.prototype` section)."""
+    return isinstance(get(cfg, SECTION), dict)
+
+
 @dataclass(frozen=True)
 class BRPGSettings:
     # sampling window and CPG (section 2)

@@ -131,9 +131,7 @@ class SkippedSamples:
     def __init__(self, messages=()):
         self._lock = threading.Lock()
         self._bad = set()  # (id of the reader, index)
-        self.messages = {}
-        for message in messages:
-            self.messages[self.culprit(message)] = message
+        self.messages = {self.culprit(message): message for message in messages}
 
     # MindSpore copies (dill-pickles) the source for its loader workers; the copies must share this record: a
     # copy resolves to the same object through a process-wide registry (the workers are threads of this process)

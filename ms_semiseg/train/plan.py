@@ -1,5 +1,6 @@
 """The training plan: the config's training settings validated into one frozen object before anything is built
 or written (`plan_from_config`), and the data checks made before the first output file."""
+import os
 from dataclasses import dataclass
 
 from ..config import get, resolve_path
@@ -200,3 +201,13 @@ def check_data(cfg, plan, data_root=None):
     if plan.eval_on:
         val_dataset(cfg, data_root)
 
+
+def pretrained_path(args, cfg):
+    """--pretrained, else `saver.pretrain` (relative to the config's folder), checked to exist; None when neither."""
+    if args.pretrained:
+        path = os.path.abspath(args.pretrained)
+    else:  # upstream field, relative to the config's folder
+        path = resolve_path(cfg, get(cfg, "saver.pretrain") or None)
+    if path and not os.path.isfile(path):
+        raise UserError(f"{path}: pretrained checkpoint not found, expected a .ckpt (convert pth2ckpt output)")
+    return path

@@ -59,6 +59,19 @@ class RunFiles:
     def best(self):
         return os.path.join(self.checkpoint_dir, "best.ckpt")
 
+    def summary(self, cfg, best_miou, best_epoch):
+        """The lines of the end-of-run summary: the best result and where each file is."""
+        best_text = (f"{100 * best_miou:.2f} mIoU (center crop) at epoch {best_epoch}" if best_miou is not None
+                     else "no validation (trainer.eval_on false or no dataset.val); the final model")
+        return ["", "training finished",
+                f"  best:        {best_text}",
+                f"  best.ckpt:   {self.best}",
+                f"  evaluate:    python -m ms_semiseg eval --config {cfg.get('_config_path', 'CONFIG')} "
+                f"--ckpt {self.best}",
+                f"  last.ckpt:   {self.last}   (full state; --resume continues from it)",
+                f"  log.csv:     {self.path('log.csv')}",
+                f"  curves.png:  {self.path('curves.png')}"]
+
 
 class StepLog:
     """Loss tensors of the last steps, fetched to the host every `interval` steps (no per-step round trip),

@@ -1,10 +1,9 @@
 """`python -m ms_semiseg train`: supervised warm-up, then U2PL's mean teacher with CutMix and PCR's prototype head.
 
-The method follows the config: no `trainer.unsupervised` section (or `sup_only_epoch >= epochs`) trains the
-supervised-only baseline; no `net.proto_head` drops the prototype loss (U2PL). Per epoch: the iterations
-(`steps.py` graphs), validation (center-crop protocol; the teacher once it exists), `best.ckpt` on improvement
-and `last.ckpt`. At the first semi-supervised epoch the prototypes are initialised (k-means on the student, or
-`net.proto_head.init_proto_path` when that file exists) and the teacher takes the student's weights.
+The method follows the config (`ms_semiseg/methods`: supervised only, mean teacher, PCR or BRPG); the trainer
+runs the loop. Per epoch: the iterations (`steps.py` graphs and the method's), validation (center-crop protocol;
+the teacher once it exists), `best.ckpt` on improvement and `last.ckpt`. At the first semi-supervised epoch the
+method prepares (PCR: prototype initialisation) and the teacher takes the student's weights.
 
 Files, in the work dir (default: `saver.main_dir` relative to the repo root): `<saver.snapshot_dir>/last.ckpt`,
 `best.ckpt`, `log.csv` (every step), `curves.png`, `config.yaml` (as run, --opts applied), `prototypes_init.pickle`.
@@ -19,28 +18,29 @@ import numpy as np
 from mindspore import Tensor
 from tqdm import tqdm
 
-from ..config import get, load_config, resolve_path
+from ..config import get, load_config
 from ..data.transforms import build_transform, normalize
 from ..device import set_device
 from ..errors import UserError
 from ..eval import IoUAccumulator, center_crop, to_class_map
 from ..losses import drop_percent_schedule, supervised_criterion
+from ..methods import build_method, method_class
+from ..methods.base import step_graphs
 from ..utils.atomic import cleanup_stale_temps, ensure_writable_dir
 from ..utils.lock import FolderLock
 from .build import build_pair, copy_parameters, ema_pairs
-from .distributed import (broadcast_array, context, dump_rank_parameters, is_main_process, main_process_only,
+from .distributed import (context, dump_rank_parameters, is_main_process, main_process_only,
                           merged_iou, requested_world_size, start as start_data_parallel, sync_replicas)
 from .ema import EMAUpdate, ema_decay
 from .interrupt import StopRequest, resume_command
-from .masks import (CUTMIX, PATCH_SELECT, STUDENT_DROPOUT, TEACHER_DROPOUT, cutmix_boxes, dropout_keep_masks,
-                    load_dropout_masks, patch_select_coords, step_rng)
+from .masks import (CUTMIX, STUDENT_DROPOUT, TEACHER_DROPOUT, cutmix_boxes, dropout_keep_masks, load_dropout_masks,
+                    step_rng)
 from .optim import build_optimizer, decoder_lr_times, optimizer_settings, poly_lr_at
 from .pipeline import SkippedSamples, build_train_pipeline
-from .plan import check_data, val_dataset, plan_from_config
-from .proto_init import init_prototypes, load_proto_pickle, proto_settings, save_proto_pickle
+from .plan import check_data, plan_from_config, pretrained_path, val_dataset
 from .records import RunFiles, StepLog, TrainingDiverged, plot_curves, resume_seed, save_run_config, say
 from .state import load_training_state, save_model, save_training_state
-from .steps import Predictor, SemiStep, SumBuffers, SupervisedStep, TeacherPseudoLabels, scalar
+from .steps import Predictor, SumBuffers, SupervisedStep, scalar
 # re-exported: the names other modules, tests and scripts import from here
 from .build import load_pretrained  # noqa: F401
 from .plan import DEFAULT_LOG_INTERVAL, GlobalBatch, TrainPlan, global_batch, loss_settings  # noqa: F401
@@ -56,8 +56,6 @@ class Trainer:
     """Builds the models, graphs and state of one run and executes it epoch by epoch."""
 
     def __init__(self, cfg, plan, files, seed, pretrained=None, data_root=None, resume=False):
-        from .brpg import brpg_enabled
-        from .brpg_step import BRPGTraining
         self.cfg, self.plan, self.files, self.seed, self.data_root = cfg, plan, files, seed, data_root
         self.dist = context()
         ms.set_seed(seed)
@@ -65,22 +63,14 @@ class Trainer:
         self.optimizer = build_optimizer(cfg, self.pair.student.trainable_params(), plan.total_updates,
                                          model_prefix="student.", lr_scale=plan.batch.lr_scale)
         criterion = supervised_criterion(cfg)
+        self.method = build_method(cfg, plan, seed, self.pair.student)  # supervised, mean teacher, PCR or BRPG
         sums = self._accumulation_buffers()
         self.graphs = {"student eval": Predictor(self.pair.student)}
-        self._add_step_graphs("supervised step", lambda **kw: SupervisedStep(
-            self.pair, self.optimizer, criterion, plan.losses, grad_sums=sums["grads"], **kw))
-        self.brpg = (BRPGTraining(cfg, plan, seed, self.dist.world_size, log=say,
-                                  feat_dim=self.pair.student.decoder.head_planes)
-                     if plan.semi and brpg_enabled(cfg) else None)
-        if plan.semi:
+        self.graphs.update(step_graphs("supervised step", lambda **kw: SupervisedStep(
+            self.pair, self.optimizer, criterion, plan.losses, grad_sums=sums["grads"], **kw), plan.accumulation))
+        if self.method.semi:
             ema = EMAUpdate(*ema_pairs(self.pair))
-            if self.brpg is None:
-                self._add_step_graphs("semi step", lambda **kw: SemiStep(
-                    self.pair, self.optimizer, criterion, plan.losses, ema, plan.use_proto, sums["grads"],
-                    sums["stats"], **kw))
-                self.graphs["teacher pseudo-labels"] = TeacherPseudoLabels(self.pair.teacher)
-            else:  # BRPG's prototype loss (trainer.prototype) in place of PCR's head
-                self.graphs.update(self.brpg.graphs(self.pair, self.optimizer, criterion, plan.losses, ema))
+            self.graphs.update(self.method.graphs(self.pair, self.optimizer, criterion, ema, sums))
             self.graphs["teacher eval"] = Predictor(self.pair.teacher)
         self.compiled = {name: 0 for name in self.graphs}
         self.meta = {"epoch": 0, "iteration": 0, "seed": seed, "best_miou": None, "best_epoch": None,
@@ -97,17 +87,8 @@ class Trainer:
         if self.plan.accumulation == 1:
             return {"grads": None, "stats": None}
         grads = SumBuffers([p.shape for p in self.optimizer.parameters], "grad_sum", 1.0 / self.plan.accumulation)
-        stats = None
-        if self.plan.use_proto:
-            bank = self.pair.student.proto_net.proto_list
-            stats = SumBuffers([bank.shape, bank.shape[:1]], "proto_stat_sum")
-        return {"grads": grads, "stats": stats}
-
-    def _add_step_graphs(self, name, make):
-        """Graph `name` (ends an update) and, accumulating, `name (accumulate)` for the other micro-batches."""
-        self.graphs[name] = make()
-        if self.plan.accumulation > 1:
-            self.graphs[f"{name} (accumulate)"] = make(apply_update=False)
+        shapes = self.method.stat_shapes(self.pair)  # PCR: the prototype sums and counts
+        return {"grads": grads, "stats": None if shapes is None else SumBuffers(shapes, "proto_stat_sum")}
 
     def _step_graph(self, name, iteration):
         return name if self.plan.applies_update(iteration) else f"{name} (accumulate)"
@@ -125,7 +106,7 @@ class Trainer:
         if not os.path.isfile(self.files.last):
             raise UserError(f"{self.files.last}: no checkpoint to resume from, expected a previous run in "
                             f"{self.files.work_dir} (or drop --resume)")
-        load_extra = None if self.brpg is None else (lambda arrays: self.brpg.load_checkpoint_arrays(
+        load_extra = None if not self.method.has_state else (lambda arrays: self.method.load_checkpoint_arrays(
             arrays, self.files.last))
         meta = load_training_state(self.files.last, self.pair, self.optimizer, load_extra)
         for key in ("total_steps", "iterations_per_epoch", "seed", "grad_accumulation"):
@@ -143,7 +124,7 @@ class Trainer:
         if len(self.skipped):
             self.meta["skipped_images"] = list(self.skipped.messages.values())
         sync_replicas(self.pair)  # collective: every rank gets here
-        extra = None if self.brpg is None else self.brpg.checkpoint_arrays()
+        extra = self.method.checkpoint_arrays()
         if self.dist.is_main:
             save_training_state(self.files.last, self.pair, self.optimizer, self.meta, extra)
 
@@ -176,35 +157,11 @@ class Trainer:
     # ----------------------------------------------------------------------------------------------- phases
 
     def begin_semi_phase(self):
-        """Prototype initialisation (spec C.1) and teacher := student, before the first semi-supervised step."""
-        if self.plan.use_proto:
-            self._init_prototypes()
+        """The method's preparation (PCR: prototype initialisation, spec C.1), then teacher := student, before the
+        first semi-supervised step."""
+        self.method.begin_semi_phase(self)
         copy_parameters(*ema_pairs(self.pair))
         say("teacher initialised from the student; semi-supervised training starts")
-
-    def _init_prototypes(self):
-        num_classes, k, dim, _ = proto_settings(self.cfg)
-        source = resolve_path(self.cfg, get(self.cfg, "net.proto_head.init_proto_path"))
-        if source and os.path.isfile(source):
-            bank = load_proto_pickle(source, num_classes, k, dim)
-            say(f"prototypes loaded from {source}")
-        else:
-            if source:
-                say(f"net.proto_head.init_proto_path {source} not found: initialising by k-means instead")
-            start = time.perf_counter()
-            # images of varying sizes: eager mode, a graph per image size would recompile for every shape
-            ms.set_context(mode=ms.PYNATIVE_MODE)
-            try:
-                bank, counts = init_prototypes(self.pair.student, self.cfg, self.seed, data_root=self.data_root,
-                                               skipped=self.skipped)
-            finally:
-                ms.set_context(mode=ms.GRAPH_MODE)
-                self.pair.restore_names()
-            say(f"prototypes: k-means (K={k}) on student features of {sum(counts.values())} labeled pixels "
-                f"({time.perf_counter() - start:.0f} s)")
-        bank = broadcast_array(bank)  # data parallel: rank 0's k-means result on every rank
-        main_process_only(save_proto_pickle)(self.files.path("prototypes_init.pickle"), bank, num_classes, k)
-        self.pair.student.proto_net.proto_list.set_data(ms.Tensor(np.asarray(bank, np.float32)))
 
     # --------------------------------------------------------------------------------------------- iterations
 
@@ -220,7 +177,7 @@ class Trainer:
 
     def semi_iteration(self, batch, epoch, iteration):
         plan = self.plan
-        extra = () if self.brpg is None else (self.brpg.step_inputs(epoch, iteration),)  # BRPG clusters when due
+        coords, extra = self.method.step_inputs(epoch, iteration)  # PCR's patch pixels; BRPG clusters when due
         image_u = Tensor(batch["image_u"])
         teacher = self._call("teacher pseudo-labels", image_u)
         pseudo, confidence = teacher[0], teacher[1]
@@ -229,10 +186,6 @@ class Trainer:
         if plan.cutmix:
             boxes = cutmix_boxes(step_rng(self.seed, epoch, iteration, CUTMIX), plan.batch_size * self.dist.world_size,
                                  height, width)[self.dist.local_rows(plan.batch_size)]
-        coords = np.zeros((1, 2), np.int32)  # unused without the prototype head
-        if plan.use_proto:
-            coords = patch_select_coords(step_rng(self.seed, epoch, iteration, PATCH_SELECT), height,
-                                         plan.granularity)
         # the teacher ramp counts updates (U2PL counts iterations: one update each)
         decay = ema_decay(self.global_step(epoch, iteration) // plan.accumulation,
                           plan.warmup_steps // plan.accumulation, plan.ema_decay)
@@ -243,9 +196,7 @@ class Trainer:
                              Tensor(batch["label_l"]), student_u, pseudo, confidence, Tensor(boxes), Tensor(coords),
                              scalar(drop_percent_schedule(plan.drop_percent, epoch, plan.epochs)), scalar(decay),
                              *extra)
-        if self.brpg is None:
-            return outputs
-        return self.brpg.after_step(outputs, teacher, batch["label_l"], epoch, iteration)  # BRPG's CPG sampling
+        return self.method.after_step(outputs, teacher, batch["label_l"], epoch, iteration)  # BRPG's CPG sampling
 
     def _lrs(self, step):
         base, _, _, power = optimizer_settings(self.cfg)
@@ -333,7 +284,7 @@ class Trainer:
                 if head in logits:
                     meter.update(to_class_map(logits[head]), cropped)
         meters = {head: merged_iou(meter) for head, meter in meters.items()}  # all ranks' images
-        has_proto = self.plan.use_proto and self.plan.is_semi_epoch(epoch)
+        has_proto = self.method.proto_head and self.plan.is_semi_epoch(epoch)
         return {"miou": meters["pred"].miou(), "proto_miou": meters["proto"].miou() if has_proto else None,
                 "model": "teacher" if self.plan.is_semi_epoch(epoch) else "student"}
 
@@ -367,25 +318,12 @@ class Trainer:
             if self.stop_request and epoch < self.plan.epochs:  # end_epoch has just saved last.ckpt
                 raise self._interrupted(epoch, iteration)
         plot_curves(self.files.path("curves.png"), self.log.rows, self.meta["history"])
-        dump_rank_parameters(self.pair, None if self.brpg is None else self.brpg.checkpoint_arrays())  # debug aid
+        dump_rank_parameters(self.pair, self.method.checkpoint_arrays())  # debug aid
         return self.summary()
 
     def summary(self):
-        best = self.meta["best_miou"]
-        best_text = (f"{100 * best:.2f} mIoU (center crop) at epoch {self.meta['best_epoch']}" if best is not None
-                     else "no validation (trainer.eval_on false or no dataset.val); the final model")
-        lines = ["", "training finished",
-                 f"  best:        {best_text}",
-                 f"  best.ckpt:   {self.files.best}",
-                 f"  evaluate:    python -m ms_semiseg eval --config {self.cfg.get('_config_path', 'CONFIG')} "
-                 f"--ckpt {self.files.best}",
-                 f"  last.ckpt:   {self.files.last}   (full state; --resume continues from it)",
-                 f"  log.csv:     {self.files.path('log.csv')}",
-                 f"  curves.png:  {self.files.path('curves.png')}"]
-        if self.plan.use_proto:
-            lines.append(f"  prototypes:  {self.files.path('prototypes_init.pickle')} (initial bank)")
-        return "\n".join(lines + self.skipped.summary())
-
+        lines = self.files.summary(self.cfg, self.meta["best_miou"], self.meta["best_epoch"])
+        return "\n".join(lines + self.method.summary_lines(self.files) + self.skipped.summary())
 
 
 # --------------------------------------------------------------------------------------------------------- CLI
@@ -406,22 +344,11 @@ def add_arguments(parser):
                         help="data-parallel over the workers of `msrun` (see docs/distributed.md; NPROC=N train.sh)")
 
 
-def _pretrained_path(args, cfg):
-    if args.pretrained:
-        path = os.path.abspath(args.pretrained)
-    else:  # upstream field, relative to the config's folder
-        path = resolve_path(cfg, get(cfg, "saver.pretrain") or None)
-    if path and not os.path.isfile(path):
-        raise UserError(f"{path}: pretrained checkpoint not found, expected a .ckpt (convert pth2ckpt output)")
-    return path
-
-
 def run(args):
-    from .brpg_step import check_brpg_config
     cfg = load_config(args.config, args.opts)
     world_size = requested_world_size(args.distributed)
     plan = plan_from_config(cfg, world_size)
-    check_brpg_config(cfg, plan)
+    method_class(cfg, plan).check_config(cfg, plan)
     files = RunFiles.from_config(cfg, args.work_dir)
     lock = FolderLock(files.work_dir, "work folder", " (--work-dir)")
     lock.check()  # a run in progress: say so at once (taken below, once the device is up)
@@ -430,7 +357,7 @@ def run(args):
         raise UserError(f"{files.last}: a previous run is there, expected --resume to continue it or another "
                         "--work-dir (delete the folder to start over)")
     seed = resume_seed(files, args.seed) if resume else (DEFAULT_SEED if args.seed is None else args.seed)
-    pretrained = _pretrained_path(args, cfg)
+    pretrained = pretrained_path(args, cfg)
     data_root = os.path.abspath(args.data_root) if args.data_root else None  # relative to where the user is
     check_data(cfg, plan, data_root)
     # msrun's scheduler process runs this command too: it joins the cluster before any file is touched
@@ -448,12 +375,8 @@ def _train(args, cfg, plan, files, seed, pretrained, data_root, resume, device, 
         cleanup_stale_temps(files.work_dir)
     ms.set_context(mode=ms.GRAPH_MODE)
     save_run_config(cfg, files)
-    method = ("supervised only" if not plan.semi else "mean teacher" + (" + prototypes (PCR)" if plan.use_proto
-                                                                       else " (U2PL)"))
-    if plan.semi and get(cfg, "trainer.prototype") is not None:
-        method = "mean teacher + BRPG prototype loss (trainer.prototype)"
     devices = f" x {world_size} devices" if world_size > 1 else ""
-    say(f"{method} on {device}: {plan.epochs} epochs x {plan.iterations} iterations, batch {plan.batch_size}{devices}, "
+    say(f"{method_class(cfg, plan).title} on {device}: {plan.epochs} epochs x {plan.iterations} iterations, batch {plan.batch_size}{devices}, "
         f"crop {plan.crop[0]}x{plan.crop[1]}, seed {seed} -> {files.work_dir}")
     say(plan.batch.describe(plan.semi, optimizer_settings(cfg)[0]))
     if not pretrained and not resume:

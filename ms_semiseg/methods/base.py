@@ -1,0 +1,69 @@
+"""The Method interface: what one training method adds to the shared trainer (`train/trainer.py`).
+
+The trainer owns the loop, the supervised step, the mean teacher's common part (teacher pseudo-labels on the weak
+view, CutMix boxes, the EMA decay, dropout masks) and the records. A method owns the rest, through these calls:
+
+- `graphs(...)` once, after the models and the optimizer exist: the compiled graphs of its semi-supervised step
+  ("semi step" (+ "semi step (accumulate)") and "teacher pseudo-labels");
+- `begin_semi_phase(trainer)` before the first semi-supervised step (before teacher := student);
+- per semi-supervised iteration (epoch e, iteration i): `step_inputs(e, i)` -> the semi step graph ->
+  `after_step(outputs, teacher_outputs, label_l, e, i)`, which returns the loss vector;
+- `checkpoint_arrays()` / `load_checkpoint_arrays(arrays, source)`: its own state in last.ckpt.
+"""
+import numpy as np
+
+ZERO_COORDS = np.zeros((1, 2), np.int32)  # the semi step's patch-pixel input of a method without PCR's head
+
+
+def step_graphs(name, make, accumulation):
+    """{name: make()} and, with gradient accumulation (> 1), `name (accumulate)`: the graph of the micro-batches
+    that do not end an update."""
+    graphs = {name: make()}
+    if accumulation > 1:
+        graphs[f"{name} (accumulate)"] = make(apply_update=False)
+    return graphs
+
+
+class Method:
+    """Defaults: no semi-supervised step, no state of its own."""
+    title = ""  # the run's first line
+    semi = False  # trains a mean teacher after the supervised warm-up
+    proto_head = False  # PCR's prototype head: validated as a second head, its initial bank written to the run
+    has_state = False  # has arrays of its own in last.ckpt (`checkpoint_arrays`)
+
+    def __init__(self, cfg, plan, seed, student=None):
+        self.cfg, self.plan, self.seed = cfg, plan, seed
+
+    @classmethod
+    def check_config(cls, cfg, plan):
+        """UserError before anything is written when the method cannot run with this config."""
+
+    def stat_shapes(self, pair):
+        """Shapes of the step statistics summed over accumulated micro-batches (None: none)."""
+        return None
+
+    def graphs(self, pair, optimizer, criterion, ema, sums):
+        """{graph name: graph} of the semi-supervised step; `sums`: {"grads", "stats"} SumBuffers or Nones."""
+        return {}
+
+    def begin_semi_phase(self, trainer):
+        """Before the first semi-supervised step; `trainer`: the run (pair, files, data_root, skipped samples)."""
+
+    def step_inputs(self, epoch, iteration):
+        """(coords, extra) of the semi step: PCR's patch pixels and a method's own inputs (a tuple)."""
+        return ZERO_COORDS, ()
+
+    def after_step(self, outputs, teacher_outputs, label_l, epoch, iteration):
+        """The semi step's loss vector from its outputs (a method may use them first)."""
+        return outputs
+
+    def checkpoint_arrays(self):
+        """{name: array} of the method's state for last.ckpt (None: nothing)."""
+        return None
+
+    def load_checkpoint_arrays(self, arrays, source):
+        """Restores `checkpoint_arrays()` from last.ckpt."""
+
+    def summary_lines(self, files):
+        """Extra lines of the end-of-run summary (files the method wrote)."""
+        return []

@@ -1,0 +1,7 @@
+"""Supervised only: no `trainer.unsupervised` section (or `sup_only_epoch >= epochs`). The trainer's supervised step
+(`train/steps.py` SupervisedStep) is the whole method; nothing is added."""
+from .base import Method
+
+
+class Supervised(Method):
+    title = "supervised only"
