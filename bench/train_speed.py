@@ -57,7 +57,9 @@ def timed(step, steps, warmup):
     return first, (time.perf_counter() - start) / steps
 
 
-def run_mindspore(args):
+def build_mindspore(args):
+    """Sets the MindSpore context and builds the steps: {"sup": supervised step closure, "semi": semi-supervised
+    iteration closure (only with args.semi)}. Each closure runs one whole step and waits for its result."""
     import mindspore as ms
     import numpy as np
     import ms_semiseg  # noqa: F401  (sets the oneDNN ISA cap before the first kernel)
@@ -86,13 +88,22 @@ def run_mindspore(args):
         masks.load_dropout_masks(cells, masks.dropout_keep_masks(rng, cells))
         sup.run(image, label).asnumpy()
 
-    result = dict(zip(("first_step_s", "step_s"), timed(sup_step, args.steps, args.warmup)))
+    built = {"sup": sup_step}
     if args.semi:
-        result.update(_time_semi(args, pair, optimizer, criterion, settings, cells, teacher_cells, image, label))
+        built["semi"] = _semi_step(args, pair, optimizer, criterion, settings, cells, teacher_cells, image, label)
+    return built
+
+
+def run_mindspore(args):
+    built = build_mindspore(args)
+    result = dict(zip(("first_step_s", "step_s"), timed(built["sup"], args.steps, args.warmup)))
+    if args.semi:
+        first, step = timed(built["semi"], args.steps, args.warmup)
+        result.update({"semi_first_step_s": first, "semi_step_s": step})
     return result
 
 
-def _time_semi(args, pair, optimizer, criterion, settings, cells, teacher_cells, image, label):
+def _semi_step(args, pair, optimizer, criterion, settings, cells, teacher_cells, image, label):
     import mindspore as ms
     import numpy as np
     from ms_semiseg.train import ema, masks, steps
@@ -111,11 +122,11 @@ def _time_semi(args, pair, optimizer, criterion, settings, cells, teacher_cells,
         semi.run(image, label, image, labels_u, conf, ms.Tensor(boxes), ms.Tensor(coords), steps.scalar(80.0),
                  steps.scalar(0.99)).asnumpy()
 
-    first, step = timed(semi_step, args.steps, args.warmup)
-    return {"semi_first_step_s": first, "semi_step_s": step}
+    return semi_step
 
 
-def run_torch(args):
+def build_torch(args):
+    """The PyTorch eager train step closure (forward, loss, backward, SGD), threads set."""
     import torch
     import torch.nn.functional as F
     from convert.torch_model import TorchModelBuilder
@@ -142,7 +153,11 @@ def run_torch(args):
         optimizer.step()
         loss.item()
 
-    return dict(zip(("first_step_s", "step_s"), timed(step, args.steps, args.warmup)))
+    return step
+
+
+def run_torch(args):
+    return dict(zip(("first_step_s", "step_s"), timed(build_torch(args), args.steps, args.warmup)))
 
 
 def child(args):

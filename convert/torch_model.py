@@ -127,9 +127,9 @@ def _cbr(cin, cout, k, dilation=1, bias=False):
             nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
 
 
-def _classifier(cin, cout):
-    return nn.Sequential(*_cbr(cin, 256, 3, bias=True), nn.Dropout2d(0.1), *_cbr(256, 256, 3, bias=True),
-                         nn.Dropout2d(0.1), nn.Conv2d(256, cout, 1, bias=True))
+def _classifier(cin, cout, planes=256):
+    return nn.Sequential(*_cbr(cin, planes, 3, bias=True), nn.Dropout2d(0.1), *_cbr(planes, planes, 3, bias=True),
+                         nn.Dropout2d(0.1), nn.Conv2d(planes, cout, 1, bias=True))
 
 
 class ASPP(nn.Module):
@@ -150,15 +150,16 @@ class ASPP(nn.Module):
 
 class DecDeepLabV3Plus(nn.Module):
     def __init__(self, in_planes, num_classes, low_planes=256, inner_planes=256, dilations=(12, 24, 36),
-                 rep_head=True, rep_clf=False):
+                 rep_head=True, rep_clf=False, head_planes=256):
+        """`head_planes`: U2PL's fixed 256; smaller in our demo config (net.decoder.kwargs.head_planes)."""
         super().__init__()
         self.rep_head, self.rep_clf = rep_head, rep_clf
-        self.low_conv = nn.Sequential(*_cbr(low_planes, 256, 1, bias=True))
+        self.low_conv = nn.Sequential(*_cbr(low_planes, head_planes, 1, bias=True))
         self.aspp = ASPP(in_planes, inner_planes, dilations)
-        self.head = nn.Sequential(*_cbr(self.aspp.out_planes, 256, 3), nn.Dropout2d(0.1))
-        self.classifier = _classifier(512, num_classes)
+        self.head = nn.Sequential(*_cbr(self.aspp.out_planes, head_planes, 3), nn.Dropout2d(0.1))
+        self.classifier = _classifier(2 * head_planes, num_classes, head_planes)
         if rep_head:
-            self.representation = _classifier(512, 256)
+            self.representation = _classifier(2 * head_planes, head_planes, head_planes)
 
     def forward(self, feats):
         c1, _, _, c4 = feats

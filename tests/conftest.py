@@ -27,6 +27,7 @@ NUMERIC_MARKER = ("numeric: compares floats of two implementations or kernels (M
 
 def pytest_configure(config):
     config.addinivalue_line("markers", NUMERIC_MARKER)
+    config.addinivalue_line("markers", "slow: takes more than 30 s on 2 CPU cores (deselect with -m 'not slow')")
 
 
 def pytest_report_header(config):

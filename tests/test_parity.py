@@ -5,6 +5,8 @@ Machine-independent by construction: logits to ATOL (4x the measured 2.0-3.0e-5,
 float32 rounding), the argmax at every decisive pixel (top-2 margin > 2*ATOL), and the near-tie pixels, which other
 kernels may flip, only bounded in number (with ONEDNN_MAX_CPU_ISA=AVX instead of AVX2 one pixel flips in VOC
 `pred_full` at 375x500 and at 769x769, and one of the 11970 `pred` pixels of the command-line test)."""
+import os
+
 import numpy as np
 import pytest
 
@@ -12,7 +14,7 @@ from convert.parity import compare_heads, ms_heads, ms_model_from_torch, top2_ma
 from convert.reference import random_reference_model
 from ms_semiseg.config import load_config, net_config
 from ms_semiseg.device import gpu_unavailable_reason
-from tests.helpers import CITY_CONFIG, VOC_CONFIG, parse_fields, run_module
+from tests.helpers import CITY_CONFIG, REPO_ROOT, VOC_CONFIG, parse_fields, run_module
 
 pytestmark = pytest.mark.numeric
 
@@ -56,6 +58,17 @@ def test_full_model_parity_cpu(cpu_pair, size):
         # only near-tie pixels may differ, and they are few: agreement >= the decisive fraction >= DECISIVE_FRACTION
         assert decisive_fraction >= DECISIVE_FRACTION, (head, decisive_fraction)
         assert agreement >= decisive_fraction, (head, agreement, decisive_fraction)
+
+
+def test_head_planes_parity_demo_config():
+    """net.decoder.kwargs.head_planes (the demo's 64, upstream's fixed 256) builds the same decoder on both sides
+    (bench/train_speed.py and bench/profile_ops.py compare training steps of the demo model)."""
+    ref, net = _pair(os.path.join(REPO_ROOT, "experiments", "demo", "ours", "config.yaml"), "CPU")
+    assert ref.decoder.head[0].out_channels == 64
+    x = np.random.default_rng(0).standard_normal((2, 3, 80, 80)).astype(np.float32)
+    report = compare_heads(torch_heads(ref, x, "cpu"), ms_heads(net, x), ATOL)
+    for head, (diff, _, decisive, _) in report.items():
+        assert diff <= ATOL and decisive == 1.0, (head, diff, decisive)
 
 
 def _gpu_skip_reason():

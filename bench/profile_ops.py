@@ -1,0 +1,313 @@
+"""Per-operator profile of one training step: MindSpore (compiled graph) vs PyTorch (eager), side by side.
+
+Builds both sides with bench/train_speed.py's code (same config, encoder, crop, batch, threads, random weights and
+inputs; MindSpore `SupervisedStep` with host dropout masks, PyTorch `convert/torch_model.py` + SGD), each in its own
+subprocess. Each side runs the first step and `--warmup` more untimed, times `--steps` steps without a profiler
+(the step wall time), then profiles `--steps` more steps:
+- MindSpore: `mindspore.Profiler` (works on CPU in 2.10: FRAMEWORK/cpu_op_detail_info_0.csv has every kernel's
+  total time, its full scope name tells forward from backward and optimizer; `profile_memory=True` also records
+  the runtime allocator's allocated bytes over time);
+- PyTorch: `torch.profiler` (CPU activity), self time of every `aten::` op; ops under `Optimizer.step` count as
+  optimizer.
+Printed: a markdown table by operator kind (ms per step on each side and MindSpore/PyTorch time ratio, > 1 means
+MindSpore is slower), where "host/launch overhead" is the wall time of the profiled steps minus the sum of their op
+times (Python, host dropout masks, copies, launching, the autograd engine, the profiler's own cost), then the top
+operators of each side. The unprofiled step wall time is printed too (the profiler slows PyTorch's ~2400 small op
+calls per step more than MindSpore's ~600 kernels).
+`--semi` adds a MindSpore-only table of the semi-supervised iteration (teacher pseudo-labels + SemiStep; PyTorch
+has no counterpart here).
+
+    python bench/profile_ops.py [--config experiments/demo/ours/config.yaml] [--arch resnet18] [--crop 80]
+        [--batch 5] [--steps 3] [--threads 2] [--rounds 1] [--semi] [--top 12]
+"""
+import argparse
+import csv
+import glob
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+BENCH = os.path.dirname(os.path.abspath(__file__))
+REPO_ROOT = os.path.dirname(BENCH)
+for _path in (REPO_ROOT, BENCH):
+    if _path not in sys.path:
+        sys.path.insert(0, _path)
+import train_speed  # noqa: E402  (bench/train_speed.py: both sides' step builders)
+
+DEMO_CONFIG = os.path.join(REPO_ROOT, "experiments", "demo", "ours", "config.yaml")
+OVERHEAD = "host/launch overhead"
+KIND_ORDER = ["conv forward", "conv backward", "batchnorm", "bilinear resize", "pooling", "loss/softmax", "matmul",
+              "reduction", "data movement", "elementwise", "optimizer", "other"]
+
+# operator names (MindSpore op types, PyTorch aten names), lower case without underscores -> kind. Exact names
+# first, then substrings in this order (first match wins); anything else is elementwise.
+_EXACT = {
+    "conv2d": "conv forward", "convolution": "conv forward",
+    "mm": "matmul", "bmm": "matmul", "addmm": "matmul", "linear": "matmul",
+    "sum": "reduction", "mean": "reduction", "max": "reduction", "min": "reduction", "amax": "reduction",
+    "cat": "data movement", "to": "data movement", "view": "data movement", "t": "data movement",
+    "select": "data movement", "index": "data movement", "copy": "data movement", "fill": "data movement",
+    "slice": "data movement", "zero": "data movement", "zeros": "data movement", "where": "data movement",
+}
+_SUBSTRINGS = [
+    ("conv backward", ("conv2dbackprop", "convolutionbackward")),
+    ("conv forward", ("convolution", "conv2d")),
+    ("batchnorm", ("batchnorm",)),
+    ("bilinear resize", ("resizebilinear", "upsamplebilinear", "interpolate")),
+    ("pooling", ("maxpool", "avgpool", "adaptive")),
+    ("loss/softmax", ("softmax", "nllloss", "crossentropy")),
+    ("matmul", ("matmul",)),
+    ("reduction", ("reduce", "argmax", "argmin", "topk", "sort", "norm", "cumsum")),
+    ("data movement", ("concat", "split", "slice", "transpose", "permute", "reshape", "copy", "gather", "scatter",
+                       "pad", "tile", "broadcast", "expand", "stack", "assign", "tensormove", "contiguous",
+                       "clone", "empty", "zeros", "ones", "fill", "asstrided", "index", "flatten", "squeeze",
+                       "masked", "tocopy", "resize", "identity", "depend", "cast", "detach", "alias", "unfold",
+                       "onehot", "select", "narrow", "unbind", "chunk", "nonzero", "arange", "full")),
+]
+
+
+def classify(name):
+    """Kind of an operator name (MindSpore op type or aten op without `aten::`)."""
+    key = name.lower().replace("_", "")
+    if key in _EXACT:
+        return _EXACT[key]
+    for kind, needles in _SUBSTRINGS:
+        if any(needle in key for needle in needles):
+            return kind
+    return "elementwise"
+
+
+# ---------------------------------------------------------------------------------------------------- MindSpore
+
+def _ms_profile(run, steps, folder):
+    import mindspore as ms
+    profiler = ms.Profiler(output_path=folder, profile_memory=True)
+    start = time.perf_counter()
+    for _ in range(steps):
+        run()
+    profiled_wall = (time.perf_counter() - start) / steps * 1000.0
+    profiler.stop()
+    profiler.analyse()
+    details = glob.glob(os.path.join(folder, "**", "FRAMEWORK", "cpu_op_detail_info_*.csv"), recursive=True)
+    if not details:
+        raise SystemExit(f"mindspore.Profiler wrote no cpu_op_detail_info csv under {folder}")
+    ops = {}
+    with open(details[0]) as handle:
+        for row in csv.DictReader(handle):
+            scope = row["full_op_name"]
+            kind = "optimizer" if "optimizer" in scope.lower() else classify(row["op_type"])
+            if kind == "conv forward" and scope.startswith("Gradients/"):
+                kind = "conv backward"
+            key = f"{row['op_type']}{' (grad)' if scope.startswith('Gradients/') else ''}"
+            entry = ops.setdefault(key, {"kind": kind, "ms": 0.0, "calls": 0})
+            entry["ms"] += float(row["op_total_time(ms)"]) / steps
+            entry["calls"] += int(row["op_occurrences"]) / steps
+    peak = 0
+    for record in glob.glob(os.path.join(folder, "**", "FRAMEWORK", "cpu_ms_memory_record_*.txt"), recursive=True):
+        with open(record) as handle:
+            next(handle, None)
+            for line in handle:
+                fields = line.strip().split(",")
+                if len(fields) >= 2 and fields[1].isdigit():
+                    peak = max(peak, int(fields[1]))
+    return ops, peak / 2 ** 20, profiled_wall
+
+
+def run_mindspore(args):
+    built = train_speed.build_mindspore(args)
+    run = built["semi" if args.side == "mindspore-semi" else "sup"]
+    for _ in range(1 + args.warmup):
+        run()
+    start = time.perf_counter()
+    for _ in range(args.steps):
+        run()
+    wall = (time.perf_counter() - start) / args.steps * 1000.0
+    folder = tempfile.mkdtemp(prefix="ms_profile_")
+    try:
+        ops, peak_alloc, profiled_wall = _ms_profile(run, args.steps, folder)
+    finally:
+        if args.keep_trace:
+            shutil.copytree(folder, os.path.join(args.keep_trace, args.side), dirs_exist_ok=True)
+        shutil.rmtree(folder, ignore_errors=True)
+    return {"wall_ms": wall, "profiled_wall_ms": profiled_wall, "ops": ops, "peak_alloc_mb": peak_alloc}
+
+
+# ------------------------------------------------------------------------------------------------------ PyTorch
+
+def _under_optimizer(event):
+    parent = event.cpu_parent
+    while parent is not None:
+        if parent.name.startswith("Optimizer."):
+            return True
+        parent = parent.cpu_parent
+    return False
+
+
+def run_torch(args):
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+    step = train_speed.build_torch(args)
+    for _ in range(1 + args.warmup):
+        step()
+    start = time.perf_counter()
+    for _ in range(args.steps):
+        step()
+    wall = (time.perf_counter() - start) / args.steps * 1000.0
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        start = time.perf_counter()
+        for _ in range(args.steps):
+            step()
+        profiled_wall = (time.perf_counter() - start) / args.steps * 1000.0
+    ops = {}
+    for event in prof.events():
+        if not event.name.startswith("aten::"):
+            continue  # record_function ranges, autograd nodes: their self time is host overhead
+        name = event.name[len("aten::"):]
+        optimizer = _under_optimizer(event)
+        kind = "optimizer" if optimizer else classify(name)
+        entry = ops.setdefault(name + (" (optimizer)" if optimizer else ""), {"kind": kind, "ms": 0.0, "calls": 0})
+        entry["ms"] += event.self_cpu_time_total / 1000.0 / args.steps
+        entry["calls"] += 1 / args.steps
+    if args.keep_trace:
+        os.makedirs(args.keep_trace, exist_ok=True)
+        prof.export_chrome_trace(os.path.join(args.keep_trace, "torch_trace.json"))
+    del torch
+    return {"wall_ms": wall, "profiled_wall_ms": profiled_wall, "ops": ops}
+
+
+# ------------------------------------------------------------------------------------------------------- driver
+
+def child(args):
+    result = run_torch(args) if args.side == "torch" else run_mindspore(args)
+    result["peak_rss_mb"] = train_speed.peak_rss_mb()
+    print("RESULT " + json.dumps(result))
+
+
+def spawn(args, side):
+    command = [sys.executable, os.path.abspath(__file__), "--side", side, "--config", args.config, "--arch",
+               args.arch, "--crop", str(args.crop), "--batch", str(args.batch), "--steps", str(args.steps),
+               "--warmup", str(args.warmup), "--threads", str(args.threads)]
+    command += (["--semi"] if side == "mindspore-semi" else []) + (["--keep-trace", args.keep_trace]
+                                                                   if args.keep_trace else [])
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), GLOG_v="3",
+               PYTHONPATH=REPO_ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    if side == "torch":  # as bench/train_speed.py: MindSpore's AVX2 oneDNN cap is not PyTorch's
+        env["ONEDNN_MAX_CPU_ISA"] = "ALL"
+    out = subprocess.run(command, env=env, capture_output=True, text=True, cwd=REPO_ROOT)
+    lines = [ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")]
+    if out.returncode != 0 or not lines:
+        sys.exit(f"{side} side failed (exit {out.returncode}):\n{out.stderr[-3000:]}")
+    return json.loads(lines[-1][len("RESULT "):])
+
+
+def best_of_rounds(args, sides):
+    """Each side `--rounds` times in ABBA order; per side the round with the shortest unprofiled step (on a shared
+    machine the other jobs' load only ever adds time)."""
+    best = {}
+    for index in range(args.rounds):
+        for side in (sides if index % 2 == 0 else tuple(reversed(sides))):
+            result = spawn(args, side)
+            if side not in best or result["wall_ms"] < best[side]["wall_ms"]:
+                best[side] = result
+    return best
+
+
+def by_kind(result):
+    kinds = {}
+    for entry in result["ops"].values():
+        kinds[entry["kind"]] = kinds.get(entry["kind"], 0.0) + entry["ms"]
+    kinds[OVERHEAD] = result["profiled_wall_ms"] - sum(kinds.values())  # both from the profiled steps
+    return kinds
+
+
+def _ms(value):
+    return "-" if value is None else f"{value:.1f}"
+
+
+def _ratio(ours, theirs):
+    if ours is None or theirs is None or theirs <= 0 or ours < 0:
+        return "-"
+    return f"{ours / theirs:.2f}"
+
+
+def kind_table(results):
+    """Markdown lines: kind | MindSpore ms/step | PyTorch ms/step | ratio; then op sum and step wall time."""
+    ms_kinds, pt_kinds = by_kind(results["mindspore"]), by_kind(results["torch"])
+    rows = [kind for kind in KIND_ORDER + [OVERHEAD] if kind in ms_kinds or kind in pt_kinds]
+    lines = ["| operator kind | MindSpore ms/step | PyTorch ms/step | ratio MS/PT |", "| --- | ---: | ---: | ---: |"]
+    for kind in sorted(rows, key=lambda k: -max(ms_kinds.get(k, 0.0), pt_kinds.get(k, 0.0))):
+        ours, theirs = ms_kinds.get(kind), pt_kinds.get(kind)
+        lines.append(f"| {kind} | {_ms(ours)} | {_ms(theirs)} | {_ratio(ours, theirs)} |")
+    ours = sum(v for k, v in ms_kinds.items() if k != OVERHEAD)
+    theirs = sum(v for k, v in pt_kinds.items() if k != OVERHEAD)
+    lines.append(f"| **sum of op times** | {_ms(ours)} | {_ms(theirs)} | {_ratio(ours, theirs)} |")
+    for key, title in (("profiled_wall_ms", "step wall time, profiled"), ("wall_ms", "step wall time, unprofiled")):
+        ours, theirs = results["mindspore"][key], results["torch"][key]
+        lines.append(f"| **{title}** | {_ms(ours)} | {_ms(theirs)} | {_ratio(ours, theirs)} |")
+    return lines
+
+
+def top_ops(result, top):
+    lines = ["| operator | kind | calls/step | ms/step |", "| --- | --- | ---: | ---: |"]
+    for name, entry in sorted(result["ops"].items(), key=lambda item: -item[1]["ms"])[:top]:
+        lines.append(f"| {name} | {entry['kind']} | {entry['calls']:.0f} | {entry['ms']:.1f} |")
+    calls = sum(entry["calls"] for entry in result["ops"].values())
+    lines.append(f"| (all {len(result['ops'])} operator types) | | {calls:.0f} | "
+                 f"{sum(e['ms'] for e in result['ops'].values()):.1f} |")
+    return lines
+
+
+def ms_only_table(result):
+    kinds = by_kind(result)
+    lines = ["| operator kind | MindSpore ms/iteration |", "| --- | ---: |"]
+    for kind, value in sorted(kinds.items(), key=lambda item: -item[1]):
+        lines.append(f"| {kind} | {value:.1f} |")
+    lines.append(f"| **iteration wall time, profiled** | {result['profiled_wall_ms']:.1f} |")
+    lines.append(f"| **iteration wall time, unprofiled** | {result['wall_ms']:.1f} |")
+    return lines
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default=DEMO_CONFIG, help="config whose net section is used (default: demo)")
+    parser.add_argument("--arch", default="resnet18", help="encoder (resnet18/34/50/101/152)")
+    parser.add_argument("--crop", type=int, default=80)
+    parser.add_argument("--batch", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=3, help="timed steps, then as many profiled steps, per side")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed steps after the first")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--semi", action="store_true", help="also profile our semi-supervised iteration")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="runs per side in ABBA order, the fastest kept (for a machine shared with other jobs)")
+    parser.add_argument("--top", type=int, default=12, help="operators listed per side")
+    parser.add_argument("--keep-trace", default=None, help="keep the raw profiler outputs in this folder")
+    parser.add_argument("--side", choices=("mindspore", "mindspore-semi", "torch"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.side:
+        return child(args)
+    print(f"{args.arch}, batch {args.batch} x 3 x {args.crop} x {args.crop}, {args.threads} threads, "
+          f"{args.steps} timed + {args.steps} profiled steps after {1 + args.warmup} untimed, best of {args.rounds} "
+          f"round(s) per side, config "
+          f"{os.path.relpath(args.config, REPO_ROOT)}\n")
+    results = best_of_rounds(args, ("mindspore", "torch"))
+    print("\n".join(kind_table(results)))
+    for side, title in (("mindspore", "MindSpore"), ("torch", "PyTorch")):
+        print(f"\nTop {args.top} operators, {title}:\n")
+        print("\n".join(top_ops(results[side], args.top)))
+    print(f"\npeak RSS: MindSpore {results['mindspore']['peak_rss_mb']:.0f} MiB (runtime allocator peak "
+          f"{results['mindspore']['peak_alloc_mb']:.0f} MiB), PyTorch {results['torch']['peak_rss_mb']:.0f} MiB")
+    if args.semi:
+        semi = best_of_rounds(args, ("mindspore-semi",))["mindspore-semi"]
+        print("\nMindSpore semi-supervised iteration (teacher pseudo-labels + SemiStep), no PyTorch counterpart:\n")
+        print("\n".join(ms_only_table(semi)))
+        print(f"\nTop {args.top} operators, MindSpore semi-supervised iteration:\n")
+        print("\n".join(top_ops(semi, args.top)))
+    return results
+
+
+if __name__ == "__main__":
+    main()
