@@ -178,3 +178,35 @@ def test_cli_user_error_exits_2_with_one_line(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0 and "--num-images=5" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+# ------------------------------------------------------------------------------------------ the source task
+
+
+def test_source_task_has_disjoint_classes_a_train_list_and_is_deterministic(tmp_path):
+    """`--task source` (the backbone's pretraining data, ms_semiseg.demo.pretrain): 8 shapes, none of the demo's
+    classes, every train image listed in splits/train.txt, byte-identical for a seed, and a different image set
+    from the demo's for the same seed."""
+    args = dict(num_images=24, size=48, seed=3, num_val=4, task="source")
+    meta = make_dataset(tmp_path / "a", **args)
+    make_dataset(tmp_path / "b", **args)
+    assert file_bytes(tmp_path / "a") == file_bytes(tmp_path / "b")
+    assert meta["args"]["task"] == "source" and meta["num_classes"] == 9
+    assert not set(meta["classes"][1:]) & set(CLASS_NAMES)
+    root = tmp_path / "a"
+    train = read_list(root, "train")
+    assert train == sorted(read_list(root, "labeled") + read_list(root, "unlabeled")) and len(train) == 20
+    seen = set()
+    for image_id in all_ids(root):
+        seen |= set(np.unique(read_label(root, image_id)).tolist())
+    assert seen <= set(range(9)) | {255} and len(seen - {0, 255}) >= 6
+    demo = make_dataset(tmp_path / "demo", num_images=24, size=48, seed=3, num_val=4)
+    assert "task" not in demo["args"]  # the demo's meta (and so its reuse check) is unchanged by the new option
+    assert (root / "JPEGImages" / "demo_000000.jpg").read_bytes() != \
+        (tmp_path / "demo" / "JPEGImages" / "demo_000000.jpg").read_bytes()
+
+
+def test_unknown_task_is_a_one_line_error(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "ms_semiseg.demo.make_data", "--out", str(tmp_path / "x"),
+                             "--task", "imagenet"], capture_output=True, text=True, cwd=REPO_ROOT)
+    assert result.returncode == 2 and "invalid choice: 'imagenet'" in result.stderr

@@ -161,6 +161,42 @@ def test_grouped_sgd_matches_torch_sgd_including_bn_weight_decay():
     assert all(np.all(flag.asnumpy() == 0) for flag in optim.optimizer_flags(optimizer).values())
 
 
+def test_weight_decay_in_the_sgd_kernel_is_bit_identical_to_nn_sgd_decay(graph_mode):
+    """fuse_weight_decay (weight decay inside the SGD kernels, no Mul + AddN per parameter) gives nn.SGD's weights
+    bit for bit, in a compiled train step, over first (stat=1) and later momentum steps."""
+    def train(fuse):
+        ms.set_seed(0)
+        model = TinySegmentor()
+        optimizer = optim.build_sgd(model.trainable_params(), 0.05, 6, momentum=0.9, weight_decay=0.1, power=0.9,
+                                    decoder_times=10)
+        if not fuse:  # nn.SGD as built: its own Mul + AddN decay, kernels with weight_decay 0
+            optimizer.opt = tuple(ms.ops.SGD(0.0, 0.0, False) for _ in optimizer.opt)
+            optimizer.exec_weight_decay = True
+        assert optimizer.opt[0].weight_decay == (0.1 if fuse else 0.0)
+
+        def loss_fn(image):
+            pred, aux, _, _ = model(image)
+            return (pred ** 2).mean() + (aux ** 2).mean()
+
+        class Step(nn.Cell):
+            def __init__(self):
+                super().__init__()
+                self.optimizer, self.weights = optimizer, optimizer.parameters
+
+            def construct(self, image):
+                loss, grads = ms.value_and_grad(loss_fn, None, self.weights)(image)
+                return ms.ops.depend(loss, self.optimizer(grads))
+
+        step, x = Step(), Tensor(np.random.default_rng(1).standard_normal((2, 3, 16, 16)).astype(np.float32))
+        model.set_train(False)
+        for _ in range(4):
+            step(x)
+        return {p.name: p.asnumpy() for p in model.trainable_params()}
+
+    fused, unfused = train(True), train(False)
+    assert all(np.array_equal(fused[name], unfused[name]) for name in unfused)
+
+
 def test_optimizer_leaves_out_non_trainable_parameters():
     model = TinySegmentor()
     masks.install_host_dropout(model, 4)
@@ -467,3 +503,29 @@ def test_pretrained_backbone_loads_into_the_encoder_only(tmp_path):
                        str(tmp_path / "resnet34.ckpt"))
     with pytest.raises(UserError, match="resnet34.ckpt: does not match"):
         load_pretrained(target, str(tmp_path / "resnet34.ckpt"))
+
+
+def test_a_backbone_may_leave_out_whole_stages_but_not_part_of_one(tmp_path, capsys):
+    """The demo's pretrained backbone has stem..layer3 (ckpt/demo, < 20 MB): layer4 keeps its random weights, with
+    a note; a stage that is there but incomplete is still an error naming the missing weights."""
+    from helpers import tiny_config
+    from ms_semiseg.demo.pretrain import encoder_subset
+    from ms_semiseg.errors import UserError
+    from ms_semiseg.models import create_model
+    from ms_semiseg.train.trainer import load_pretrained
+    from ms_semiseg.utils.checkpoint import save_params_atomic
+    net = tiny_config()["net"]
+    ms.set_seed(3)
+    source, target = create_model(net), create_model(net)
+    partial = encoder_subset({p.name: p.asnumpy() for p in source.get_parameters()})
+    assert partial and not any(".layer4." in name for name in partial)
+    save_params_atomic(partial, str(tmp_path / "stem_to_layer3.ckpt"))
+    before = {p.name: p.asnumpy().copy() for p in target.get_parameters()}
+    assert load_pretrained(target, str(tmp_path / "stem_to_layer3.ckpt")) == len(partial)
+    assert "no weights for encoder stage(s) layer4" in capsys.readouterr().err
+    for param in target.get_parameters():
+        np.testing.assert_array_equal(param.asnumpy(), partial.get(param.name, before[param.name]), err_msg=param.name)
+    broken = {name: value for name, value in partial.items() if not name.startswith("encoder.layer2.0.")}
+    save_params_atomic(broken, str(tmp_path / "broken.ckpt"))
+    with pytest.raises(UserError, match=r"broken.ckpt: does not match .* missing: encoder\.layer2\.0\."):
+        load_pretrained(target, str(tmp_path / "broken.ckpt"))

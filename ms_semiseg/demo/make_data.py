@@ -205,6 +205,19 @@ CLASSES = {
 }
 CLASS_NAMES = ("background",) + tuple(CLASSES)
 MODES = {name: list(modes) for name, (_, modes) in CLASSES.items()}
+TASKS = ("demo", "source")  # source: the pretraining task of ms_semiseg.demo.source_task, disjoint classes
+
+
+def task_classes(task):
+    """The class table of a task (make_data.CLASSES layout)."""
+    if task == "source":
+        from .source_task import SOURCE_CLASSES  # imports this module
+        return SOURCE_CLASSES
+    return CLASSES
+
+
+def class_names_of(classes):
+    return ("background",) + tuple(classes)
 
 
 def clutter_parts(rng):
@@ -358,8 +371,9 @@ def degrade(rng, image):
     return np.clip(np.round(image), 0, 255).astype(np.uint8)
 
 
-def render_scene(rng, size):
+def render_scene(rng, size, classes=CLASSES):
     """One image: (RGB uint8 HxWx3, label uint8 HxW, list of instance records)."""
+    names = class_names_of(classes)
     image = np.ascontiguousarray(background(rng, size), np.float32)
     instance = np.zeros((size, size), np.uint8)
     num_objects = int(rng.integers(OBJECTS_PER_IMAGE[0], OBJECTS_PER_IMAGE[1] + 1))
@@ -368,12 +382,12 @@ def render_scene(rng, size):
     records, class_of_instance = [], [0]
     for is_object in layers:
         if is_object:
-            class_id = int(rng.integers(1, len(CLASS_NAMES)))
-            max_rotation, modes = CLASSES[CLASS_NAMES[class_id]]
+            class_id = int(rng.integers(1, len(names)))
+            max_rotation, modes = classes[names[class_id]]
             mode = list(modes)[rng.integers(len(modes))]
             pose = random_pose(rng, size, OBJECT_HALF_EXTENT, max_rotation)
             bbox = paint_layer(rng, image, instance, modes[mode](rng), pose, len(class_of_instance))
-            records.append({"class_id": class_id, "class": CLASS_NAMES[class_id], "mode": mode, "bbox": bbox})
+            records.append({"class_id": class_id, "class": names[class_id], "mode": mode, "bbox": bbox})
             class_of_instance.append(class_id)
         else:
             pose = random_pose(rng, size, CLUTTER_HALF_EXTENT, 180)
@@ -449,8 +463,8 @@ def default_num_val(num_images):
     return max(1, min(MAX_DEFAULT_NUM_VAL, num_images // 5))
 
 
-def requested_args(num_images, size, seed, labeled_fraction, num_val):
-    """Validated generation arguments, in the form stored in meta.json."""
+def requested_args(num_images, size, seed, labeled_fraction, num_val, task="demo"):
+    """Validated generation arguments, in the form stored in meta.json (`task` only when not the demo's)."""
     num_val = default_num_val(num_images) if num_val is None else num_val
     checks = [
         (isinstance(size, int) and size >= MIN_SIZE, f"--size={size}: too small, expected an integer >= {MIN_SIZE}"),
@@ -460,6 +474,7 @@ def requested_args(num_images, size, seed, labeled_fraction, num_val):
          f"expected an integer >= {num_val + 2}"),
         (0 < labeled_fraction < 1, f"--labeled-fraction={labeled_fraction}: expected a fraction in (0, 1)"),
         (isinstance(seed, int) and seed >= 0, f"--seed={seed}: expected a non-negative integer"),
+        (task in TASKS, f"--task={task}: expected one of {', '.join(TASKS)}"),
     ]
     for ok, message in checks:
         if not ok:
@@ -468,8 +483,12 @@ def requested_args(num_images, size, seed, labeled_fraction, num_val):
     if labeled_count(num_train, labeled_fraction) >= num_train:
         raise UserError(f"--labeled-fraction={labeled_fraction}: labels all {num_train} train images, "
                         f"expected a fraction leaving unlabeled ones")
-    return {"num_images": num_images, "size": size, "seed": seed,
+    args = {"num_images": num_images, "size": size, "seed": seed,
             "labeled_fraction": float(labeled_fraction), "num_val": num_val}
+    if task == "demo":
+        return args
+    from .source_task import VERSION
+    return dict(args, task=task, task_version=VERSION)
 
 
 def read_meta(out):
@@ -517,35 +536,42 @@ def remove_stale_samples(out, ids):
 
 
 def make_dataset(out_dir, num_images=DEFAULT_NUM_IMAGES, size=DEFAULT_SIZE, seed=0,
-                 labeled_fraction=DEFAULT_LABELED_FRACTION, num_val=None):
-    """Generate (or reuse, when meta.json already matches) the demo dataset; returns the meta dict."""
-    args = requested_args(num_images, size, seed, labeled_fraction, num_val)
+                 labeled_fraction=DEFAULT_LABELED_FRACTION, num_val=None, task="demo"):
+    """Generate (or reuse, when meta.json already matches) the demo dataset; returns the meta dict. The source
+    task also writes splits/train.txt (labeled + unlabeled): pretraining uses every train label."""
+    args = requested_args(num_images, size, seed, labeled_fraction, num_val, task)
+    classes = task_classes(task)
+    names = class_names_of(classes)
     out = Path(out_dir)
     if is_up_to_date(out, args):
         return read_meta(out)
     claim_output_dir(out)
     ids = image_ids(num_images)
-    objects, pixel_counts = {}, np.zeros(len(CLASS_NAMES), np.int64)
+    objects, pixel_counts = {}, np.zeros(len(names), np.int64)
     for index, image_id in enumerate(ids):
-        image, label, records = render_scene(np.random.default_rng([seed, 0, index]), size)
+        image, label, records = render_scene(np.random.default_rng([seed, 0, index]), size, classes)
         write_sample(out, image_id, image, label)
         objects[image_id] = records
-        pixel_counts += np.bincount(label[label != IGNORE_LABEL], minlength=len(CLASS_NAMES))
+        pixel_counts += np.bincount(label[label != IGNORE_LABEL], minlength=len(names))
     classes_per_image = {i: {r["class_id"] for r in objects[i] if r["visible_pixels"]} for i in ids}
     splits = split_ids(ids, classes_per_image, args["num_val"], labeled_fraction, seed)
+    if task == "source":
+        splits["train"] = sorted(splits["labeled"] + splits["unlabeled"])
     for name, lines in splits.items():
         write_lines(out / "splits" / f"{name}.txt", lines)
-    write_lines(out / "class_names.txt", CLASS_NAMES)
+    write_lines(out / "class_names.txt", names)
     write_atomic(out / "objects.json", json.dumps(objects, separators=(",", ":")).encode())
-    meta = build_meta(args, splits, objects, pixel_counts)
+    meta = build_meta(args, splits, objects, pixel_counts, classes)
     remove_stale_samples(out, ids)
     write_atomic(out / "meta.json", (json.dumps(meta, indent=2) + "\n").encode())
     (out / IN_PROGRESS_MARKER).unlink(missing_ok=True)
     return meta
 
 
-def build_meta(args, splits, objects, pixel_counts):
-    instances = {name: dict.fromkeys(modes, 0) for name, modes in MODES.items()}
+def build_meta(args, splits, objects, pixel_counts, classes=CLASSES):
+    names = class_names_of(classes)
+    modes_of = {name: list(modes) for name, (_, modes) in classes.items()}
+    instances = {name: dict.fromkeys(modes, 0) for name, modes in modes_of.items()}
     for records in objects.values():
         for record in records:
             instances[record["class"]][record["mode"]] += bool(record["visible_pixels"])
@@ -553,16 +579,16 @@ def build_meta(args, splits, objects, pixel_counts):
         "generator": GENERATOR,
         "version": FORMAT_VERSION,
         "args": args,
-        "classes": list(CLASS_NAMES),
-        "num_classes": len(CLASS_NAMES),
+        "classes": list(names),
+        "num_classes": len(names),
         "ignore_label": IGNORE_LABEL,
         "image_size": [args["size"], args["size"]],
-        "modes": MODES,
+        "modes": modes_of,
         "counts": {"images": args["num_images"], "train": len(splits["labeled"]) + len(splits["unlabeled"]),
                    **{name: len(lines) for name, lines in splits.items()}},
         "visible_instances": instances,
         "class_pixel_fraction": {name: round(float(count) / max(1, int(pixel_counts.sum())), 4)
-                                 for name, count in zip(CLASS_NAMES, pixel_counts)},
+                                 for name, count in zip(names, pixel_counts)},
         "layout": {"images": "JPEGImages/<id>.jpg", "labels": "SegmentationClassAug/<id>.png",
                    "splits": {name: f"splits/{name}.txt" for name in splits},
                    "class_names": "class_names.txt", "objects": "objects.json"},
@@ -594,6 +620,8 @@ def parse_args(argv):
                         help=f"held-out images (default: num_images // 5, at most {MAX_DEFAULT_NUM_VAL})")
     parser.add_argument("--labeled-fraction", type=fraction, default=DEFAULT_LABELED_FRACTION,
                         help="labeled share of train, e.g. 1/16")
+    parser.add_argument("--task", choices=TASKS, default="demo",
+                        help="demo (default) or source: the disjoint shapes task the demo backbone is pretrained on")
     return parser.parse_args(argv)
 
 
@@ -603,8 +631,9 @@ def main(argv=None):
     start = time.perf_counter()
     try:
         reused = is_up_to_date(out, requested_args(args.num_images, args.size, args.seed,
-                                                   args.labeled_fraction, args.num_val))
-        meta = make_dataset(out, args.num_images, args.size, args.seed, args.labeled_fraction, args.num_val)
+                                                   args.labeled_fraction, args.num_val, args.task))
+        meta = make_dataset(out, args.num_images, args.size, args.seed, args.labeled_fraction, args.num_val,
+                            args.task)
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         return UserError.exit_code

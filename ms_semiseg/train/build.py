@@ -13,13 +13,26 @@ from .records import say
 from .steps import MeanTeacherPair
 
 
+def encoder_stage(name):
+    """'encoder.layer3.0.conv1.weight' -> 'layer3' (conv1/bn1... for the stem)."""
+    return name.split(".")[1]
+
+
 def load_pretrained(model, path):
     """An ImageNet backbone (`encoder.*` only, from `convert pth2ckpt`) or a whole segmentor checkpoint; the
-    prototype bank may be missing from the latter (it is initialised at the first semi-supervised epoch)."""
+    prototype bank may be missing from the latter (it is initialised at the first semi-supervised epoch). A
+    backbone may leave out whole stages (the demo's pretrained stem..layer3, kept under 20 MB): those start from
+    random weights, with a note; every stage it has must be complete."""
     params = strip_prefix(read_checkpoint(path))
     shapes = model_shapes(model)
     if all(name.startswith("encoder.") for name in params):
         shapes = {k: v for k, v in shapes.items() if k.startswith("encoder.")}
+        stages, model_stages = {encoder_stage(n) for n in params}, {encoder_stage(k) for k in shapes}
+        left_out = sorted(model_stages - stages)
+        if left_out and stages & model_stages:
+            say(f"note: {path} has no weights for encoder stage(s) {', '.join(left_out)}: they start from random "
+                f"weights")
+            shapes = {k: v for k, v in shapes.items() if encoder_stage(k) in stages}
     elif not any(name.startswith("proto_net.") for name in params):
         shapes = {k: v for k, v in shapes.items() if not k.startswith("proto_net.")}
     compare_to_model(params, shapes, path)
