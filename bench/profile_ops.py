@@ -117,15 +117,20 @@ def _ms_profile(run, steps, folder):
     return ops, peak / 2 ** 20, profiled_wall
 
 
+def unprofiled_ms(step, args):
+    """Mean wall time (ms) of `step` over args.steps after 1 + args.warmup untimed calls (compile, caches)."""
+    for _ in range(1 + args.warmup):
+        step()
+    start = time.perf_counter()
+    for _ in range(args.steps):
+        step()
+    return (time.perf_counter() - start) / args.steps * 1000.0
+
+
 def run_mindspore(args):
     built = train_speed.build_mindspore(args)
     run = built["semi" if args.side == "mindspore-semi" else "sup"]
-    for _ in range(1 + args.warmup):
-        run()
-    start = time.perf_counter()
-    for _ in range(args.steps):
-        run()
-    wall = (time.perf_counter() - start) / args.steps * 1000.0
+    wall = unprofiled_ms(run, args)
     folder = tempfile.mkdtemp(prefix="ms_profile_")
     try:
         ops, peak_alloc, profiled_wall = _ms_profile(run, args.steps, folder)
@@ -151,12 +156,7 @@ def run_torch(args):
     import torch
     from torch.profiler import ProfilerActivity, profile
     step = train_speed.build_torch(args)
-    for _ in range(1 + args.warmup):
-        step()
-    start = time.perf_counter()
-    for _ in range(args.steps):
-        step()
-    wall = (time.perf_counter() - start) / args.steps * 1000.0
+    wall = unprofiled_ms(step, args)
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         start = time.perf_counter()
         for _ in range(args.steps):

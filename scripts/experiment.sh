@@ -9,7 +9,8 @@
 #               train.sh generates it first when missing: python -m ms_semiseg.demo.make_data)
 #   DEVICE      CPU, GPU or Ascend; default GPU when MindSpore can use one, else CPU
 #   PRETRAINED  train: ImageNet backbone .ckpt (`python -m convert pth2ckpt`); default <repo>/pretrained/resnet101.ckpt
-#               when it exists, else none (random init, far below the published numbers; the demo never uses one)
+#               when it exists, else none (random init, far below the published numbers); the demo configs name
+#               their own (saver.pretrain: ckpt/demo/resnet18_source.ckpt)
 #   SEED        train: default 2 (U2PL's)
 #   NPROC ...   train: data-parallel under msrun, see scripts/launch_train.sh and docs/distributed.md
 # eval prints per-class IoU tables and ends with `mIoU: <linear> (proto: <proto>)` (PCR) or `mIoU: <linear>`.
