@@ -204,7 +204,6 @@ CLASSES = {
     "fish": (35, {"striped": fish_striped, "angel": fish_angel}),
 }
 CLASS_NAMES = ("background",) + tuple(CLASSES)
-MODES = {name: list(modes) for name, (_, modes) in CLASSES.items()}
 TASKS = ("demo", "source")  # source: the pretraining task of ms_semiseg.demo.source_task, disjoint classes
 
 

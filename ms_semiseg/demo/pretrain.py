@@ -20,7 +20,7 @@ import os
 import sys
 
 from ..errors import UserError
-from .run import REPO_ROOT, failure_reason, run_logged
+from .run import REPO_ROOT, failure_reason, repo_path, run_logged
 
 CONFIG = os.path.join(REPO_ROOT, "experiments", "demo", "source_pretrain", "config.yaml")
 DEFAULT_OUT = os.path.join("ckpt", "demo", "resnet18_source.ckpt")
@@ -85,13 +85,9 @@ def parse_args(argv):
     return parser.parse_args(argv)
 
 
-def in_repo(path):
-    return path if os.path.isabs(path) else os.path.join(REPO_ROOT, path)
-
-
 def pretrain(args):
     from .run import prepare_data
-    data_dir, work_dir = in_repo(args.data_dir), in_repo(args.work_dir)
+    data_dir, work_dir = repo_path(args.data_dir), repo_path(args.work_dir)
     prepare_data(data_dir, SOURCE_DATA, fresh=False)
     command = [sys.executable, "-m", "ms_semiseg", "train", "--config", CONFIG, "--data-root", data_dir,
                "--work-dir", work_dir, "--seed", str(args.seed)]
@@ -114,8 +110,8 @@ def main(argv=None):
             source, wall, miou = args.extract_only, None, None
         else:
             source, wall = pretrain(args)
-            miou = source_miou(in_repo(args.work_dir))
-        out = in_repo(args.out)
+            miou = source_miou(repo_path(args.work_dir))
+        out = repo_path(args.out)
         count = extract_backbone(source, out)
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)

@@ -101,7 +101,7 @@ def default_data_dir(data_seed):
     return DEFAULT_DATA_DIR if data_seed == DATA_SEED else f"{DEFAULT_DATA_DIR}_seed{data_seed}"
 
 
-def _repo_path(path):
+def repo_path(path):
     """Default folders are relative to the repo root (where scripts/demo.sh runs); user paths to the cwd."""
     return os.path.abspath(path if os.path.isabs(path) else os.path.join(REPO_ROOT, path))
 
@@ -518,9 +518,9 @@ def run(args):
     from ..utils.atomic import write_text_atomic
     start = time.perf_counter()
     seed = _checked_seed(args.seed)
-    out_dir = _repo_path(args.out_dir or (QUICK_OUT_DIR if args.quick else DEFAULT_OUT_DIR))
-    data_dir = _repo_path(args.data_dir) if args.data_dir else (
-        os.path.join(out_dir, "data") if args.quick else _repo_path(default_data_dir(args.data_seed)))
+    out_dir = repo_path(args.out_dir or (QUICK_OUT_DIR if args.quick else DEFAULT_OUT_DIR))
+    data_dir = repo_path(args.data_dir) if args.data_dir else (
+        os.path.join(out_dir, "data") if args.quick else repo_path(default_data_dir(args.data_seed)))
     per_method = split_opts(args.opts)
     data_args = dict(QUICK_DATA if args.quick else FULL_DATA, seed=_checked_seed(args.data_seed, "--data-seed"))
     meta = prepare_data(data_dir, data_args, args.fresh)
