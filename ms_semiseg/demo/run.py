@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import UserError
+from .make_data import fraction
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 EXPERIMENTS_DIR = os.path.join(REPO_ROOT, "experiments", "demo")
@@ -83,6 +84,9 @@ def add_arguments(parser):
     parser.add_argument("--data-dir", default=None, help=f"dataset folder (default {DEFAULT_DATA_DIR}, "
                                                          f"{DEFAULT_DATA_DIR}_seed<N> for --data-seed N; "
                                                          "<out-dir>/data with --quick)")
+    parser.add_argument("--labeled-fraction", type=fraction, default=FULL_DATA["labeled_fraction"],
+                        help="labeled share of the generated train images (default 1/16; another value regenerates "
+                             "the dataset folder)")
     parser.add_argument("--out-dir", default=None, help=f"runs, figure and summary (default {DEFAULT_OUT_DIR}; "
                                                         f"{QUICK_OUT_DIR} with --quick)")
     parser.add_argument("--quick", action="store_true",
@@ -523,6 +527,8 @@ def run(args):
         os.path.join(out_dir, "data") if args.quick else repo_path(default_data_dir(args.data_seed)))
     per_method = split_opts(args.opts)
     data_args = dict(QUICK_DATA if args.quick else FULL_DATA, seed=_checked_seed(args.data_seed, "--data-seed"))
+    if not args.quick:
+        data_args["labeled_fraction"] = args.labeled_fraction
     meta = prepare_data(data_dir, data_args, args.fresh)
     common = data_opts(data_dir)
     if args.quick:  # preset first, so that --opts can still change it
