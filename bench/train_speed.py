@@ -65,7 +65,7 @@ def build_mindspore(args):
     import ms_semiseg  # noqa: F401  (sets the oneDNN ISA cap before the first kernel)
     from ms_semiseg.losses import build_criterion
     from ms_semiseg.models import create_model
-    from ms_semiseg.train import masks, optim, steps
+    from ms_semiseg.engine import masks, optim, steps
     ms.set_device("CPU")
     ms.set_context(mode=ms.GRAPH_MODE, runtime_num_threads=args.threads)
     cfg, net = net_config(args)
@@ -106,7 +106,7 @@ def run_mindspore(args):
 def _semi_step(args, pair, optimizer, criterion, settings, cells, teacher_cells, image, label):
     import mindspore as ms
     import numpy as np
-    from ms_semiseg.train import ema, masks, steps
+    from ms_semiseg.engine import ema, masks, steps
     semi = steps.SemiStep(pair, optimizer, criterion, settings,
                           ema.EMAUpdate(*ema.ema_parameter_pairs(pair.student, pair.teacher)), pair.student.use_proto)
     pseudo = steps.TeacherPseudoLabels(pair.teacher)

@@ -19,7 +19,7 @@ from ms_semiseg.losses import build_criterion
 from ms_semiseg.models.layers import batch_norm, conv2d, dropout2d
 from ms_semiseg.models.proto_head import CosineProtoHead
 from helpers import assert_float32_close, assert_well_posed, top2_margin
-from ms_semiseg.train import ema, masks, optim, steps
+from ms_semiseg.engine import ema, masks, optim, steps
 
 ms.set_device("CPU")
 

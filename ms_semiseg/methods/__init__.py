@@ -9,17 +9,17 @@
 
 docs/architecture.md shows where each part of an iteration lives.
 """
-from ..train.brpg_settings import brpg_enabled
+from .brpg.settings import brpg_enabled
 from .base import Method
 from .mean_teacher import MeanTeacher
-from .pcr import PCR
+from .pcr.method import PCR
 from .supervised import Supervised
 
 
 def method_class(cfg, plan):
     """The Method subclass the config and its plan (`train/plan.py`) ask for."""
     if brpg_enabled(cfg):  # first: its check_config names what BRPG is missing
-        from .brpg import BRPG  # imported here: BRPG's k-means (sklearn) costs ~1.5 s at every start-up
+        from .brpg.method import BRPG  # imported here: BRPG's k-means (sklearn) costs ~1.5 s at every start-up
         return BRPG
     if not plan.semi:
         return Supervised

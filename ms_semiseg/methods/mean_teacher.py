@@ -2,7 +2,7 @@
 pseudo-labels on the weak view supervise the student on CutMix-ed unlabeled images (entropy dropping or a
 confidence threshold), and the teacher follows the student by EMA. The compiled step is `train/steps.py`
 (`SemiStep`, `TeacherPseudoLabels`); the trainer draws the CutMix boxes and the EMA decay."""
-from ..train.steps import SemiStep, TeacherPseudoLabels
+from ..engine.steps import SemiStep, TeacherPseudoLabels
 from .base import Method, step_graphs
 
 

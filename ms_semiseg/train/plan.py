@@ -6,8 +6,8 @@ from dataclasses import dataclass
 from ..config import get, resolve_path
 from ..data.datasets import build_dataset
 from ..errors import UserError
-from .pipeline import check_train_crop, iterations_per_epoch, on_bad_image, patch_select_granularity, train_readers
-from .steps import CONFIDENCE, ENTROPY_DROP, LossSettings
+from ..engine.pipeline import check_train_crop, iterations_per_epoch, on_bad_image, patch_select_granularity, train_readers
+from ..engine.steps import CONFIDENCE, ENTROPY_DROP, LossSettings
 
 DEFAULT_LOG_INTERVAL = 10
 

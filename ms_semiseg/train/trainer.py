@@ -29,18 +29,18 @@ from ..methods.base import step_graphs
 from ..utils.atomic import cleanup_stale_temps, ensure_writable_dir
 from ..utils.lock import FolderLock
 from .build import build_pair, copy_parameters, ema_pairs
-from .distributed import (context, dump_rank_parameters, is_main_process, main_process_only,
+from ..engine.distributed import (context, dump_rank_parameters, is_main_process, main_process_only,
                           merged_iou, requested_world_size, start as start_data_parallel, sync_replicas)
-from .ema import EMAUpdate, ema_decay
+from ..engine.ema import EMAUpdate, ema_decay
 from .interrupt import StopRequest, resume_command
-from .masks import (CUTMIX, STUDENT_DROPOUT, TEACHER_DROPOUT, cutmix_boxes, dropout_keep_masks, load_dropout_masks,
+from ..engine.masks import (CUTMIX, STUDENT_DROPOUT, TEACHER_DROPOUT, cutmix_boxes, dropout_keep_masks, load_dropout_masks,
                     step_rng)
-from .optim import build_optimizer, decoder_lr_times, optimizer_settings, poly_lr_at
-from .pipeline import SkippedSamples, build_train_pipeline
+from ..engine.optim import build_optimizer, decoder_lr_times, optimizer_settings, poly_lr_at
+from ..engine.pipeline import SkippedSamples, build_train_pipeline
 from .plan import check_data, plan_from_config, pretrained_path, val_dataset
 from .records import RunFiles, StepLog, TrainingDiverged, plot_curves, resume_seed, save_run_config, say
-from .state import load_training_state, save_model, save_training_state
-from .steps import Predictor, SumBuffers, SupervisedStep, scalar
+from ..engine.state import load_training_state, save_model, save_training_state
+from ..engine.steps import Predictor, SumBuffers, SupervisedStep, scalar
 # re-exported: the names other modules, tests and scripts import from here
 from .build import load_pretrained  # noqa: F401
 from .plan import DEFAULT_LOG_INTERVAL, GlobalBatch, TrainPlan, global_batch, loss_settings  # noqa: F401

@@ -6,11 +6,11 @@
   `train/brpg_cluster.py` (APO + k-means), `train/brpg_settings.py` (the validated section);
 - `losses/brpg.py`: the sampling of loss pixels and L_pro inside the compiled step.
 """
-from ..train.brpg_step import BRPGTraining, check_brpg_config
-from ..train.distributed import context
-from ..train.records import say
-from .base import ZERO_COORDS
-from .mean_teacher import MeanTeacher
+from .step import BRPGTraining, check_brpg_config
+from ...engine.distributed import context
+from ...train.records import say
+from ..base import ZERO_COORDS
+from ..mean_teacher import MeanTeacher
 
 
 class BRPG(MeanTeacher):

@@ -6,8 +6,8 @@ Unknown keys are errors, so a typo cannot silently fall back to a default.
 """
 from dataclasses import dataclass, fields
 
-from ..config import get
-from ..errors import UserError
+from ...config import get
+from ...errors import UserError
 
 SECTION = "trainer.prototype"
 FIX, CSP = "fix", "csp"

@@ -29,7 +29,7 @@ from ms_semiseg.device import set_device
 from ms_semiseg.errors import UserError
 from ms_semiseg.models import create_model
 from ms_semiseg.models.layers import resize_bilinear
-from ms_semiseg.train.pipeline import DEFAULT_GRANULARITY, on_bad_image, train_readers
+from ms_semiseg.engine.pipeline import DEFAULT_GRANULARITY, on_bad_image, train_readers
 from ms_semiseg.utils.atomic import write_bytes_atomic
 from ms_semiseg.utils.checkpoint import load_into_model, model_shapes, read_checkpoint, strip_prefix
 

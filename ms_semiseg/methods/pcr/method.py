@@ -13,12 +13,12 @@ import time
 import mindspore as ms
 import numpy as np
 
-from ..config import get, resolve_path
-from ..train.distributed import broadcast_array, main_process_only
-from ..train.masks import PATCH_SELECT, patch_select_coords, step_rng
-from ..train.proto_init import init_prototypes, load_proto_pickle, proto_settings, save_proto_pickle
-from ..train.records import say
-from .mean_teacher import MeanTeacher
+from ...config import get, resolve_path
+from ...engine.distributed import broadcast_array, main_process_only
+from ...engine.masks import PATCH_SELECT, patch_select_coords, step_rng
+from .proto_init import init_prototypes, load_proto_pickle, proto_settings, save_proto_pickle
+from ...train.records import say
+from ..mean_teacher import MeanTeacher
 
 PROTOTYPES_FILE = "prototypes_init.pickle"
 
