@@ -220,8 +220,8 @@ def test_semi_step_adds_l_pro_and_moves_the_prototypes_only_in_the_loss_phase(gr
 
     def step(extra):
         return graphs["semi step"].run(Tensor(x_l), Tensor(y_l), Tensor(x_u), pseudo, conf,
-                                       Tensor(np.zeros((B, 4), np.int32)), Tensor(np.zeros((1, 2), np.int32)),
-                                       Tensor(100.0, ms.float32), Tensor(0.5, ms.float32), extra)
+                                       Tensor(np.zeros((B, 4), np.int32)), Tensor(100.0, ms.float32),
+                                       Tensor(0.5, ms.float32), extra)
 
     losses, rep_l, logits_l = step(extra)
     losses = losses.asnumpy()

@@ -25,7 +25,7 @@ from ..errors import UserError
 from ..eval import IoUAccumulator, center_crop, to_class_map
 from ..losses import drop_percent_schedule, supervised_criterion
 from ..methods import build_method, method_class
-from ..methods.base import step_graphs
+from ..methods.base import SemiInputs, step_graphs
 from ..utils.atomic import cleanup_stale_temps, ensure_writable_dir
 from ..utils.lock import FolderLock
 from .build import build_pair, copy_parameters, ema_pairs
@@ -177,10 +177,9 @@ class Trainer:
 
     def semi_iteration(self, batch, epoch, iteration):
         plan = self.plan
-        coords, extra = self.method.step_inputs(epoch, iteration)  # PCR's patch pixels; BRPG clusters when due
+        extra = self.method.step_inputs(epoch, iteration)  # PCR's patch pixels; BRPG clusters when due
         image_u = Tensor(batch["image_u"])
-        teacher = self._call("teacher pseudo-labels", image_u)
-        pseudo, confidence = teacher[0], teacher[1]
+        teacher = self._call("teacher pseudo-labels", image_u)  # a TeacherOutputs (BRPG: with its features)
         height, width = plan.crop
         boxes = np.zeros((plan.batch_size, 4), np.int32)
         if plan.cutmix:
@@ -190,12 +189,14 @@ class Trainer:
         decay = ema_decay(self.global_step(epoch, iteration) // plan.accumulation,
                           plan.warmup_steps // plan.accumulation, plan.ema_decay)
         self._load_dropout_masks(epoch, iteration)
-        # the student (and the teacher's entropy forward) get the strong view when the pipeline makes one
-        student_u = Tensor(batch["image_u_strong"]) if "image_u_strong" in batch else image_u
-        outputs = self._call(self._step_graph("semi step", iteration), Tensor(batch["image_l"]),
-                             Tensor(batch["label_l"]), student_u, pseudo, confidence, Tensor(boxes), Tensor(coords),
-                             scalar(drop_percent_schedule(plan.drop_percent, epoch, plan.epochs)), scalar(decay),
-                             *extra)
+        inputs = SemiInputs(
+            image_l=Tensor(batch["image_l"]), label_l=Tensor(batch["label_l"]),
+            # the student (and the teacher's entropy forward) get the strong view when the pipeline makes one
+            image_u=Tensor(batch["image_u_strong"]) if "image_u_strong" in batch else image_u,
+            pseudo_u=teacher.pseudo_label, conf_u=teacher.confidence, boxes=Tensor(boxes),
+            drop_percent=scalar(drop_percent_schedule(plan.drop_percent, epoch, plan.epochs)), ema_decay=scalar(decay),
+            extra=extra)
+        outputs = self._call(self._step_graph("semi step", iteration), *inputs.arguments())
         return self.method.after_step(outputs, teacher, batch["label_l"], epoch, iteration)  # BRPG's CPG sampling
 
     def _lrs(self, step):

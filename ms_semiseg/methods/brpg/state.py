@@ -20,7 +20,7 @@ from ...losses.brpg import (confident_samples, grid_coords, grid_samples, masked
 from ...losses.ohem import IGNORE_INDEX
 from .cluster import build_prototypes
 from .queue import HIGH, LOW, CPGSampler, FeatureQueues
-from .settings import BRPGSettings, brpg_enabled  # noqa: F401 (re-exported)
+from .settings import BRPGSettings
 
 LOGGER = logging.getLogger(__name__)
 
