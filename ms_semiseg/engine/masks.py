@@ -1,9 +1,9 @@
 """Random masks of a training step: drawn on the host from seeded numpy Generators, applied inside the graph.
 
-Every random choice of an iteration (CutMix boxes, the patch-select pixels, dropout masks) comes from
-`step_rng(seed, epoch, iteration, purpose)`, so a resumed epoch replays the same randomness, and the compiled step
-only sees fixed-shape tensors: CutMix boxes as coordinates, selected pixels as int coordinates (both step inputs),
-dropout as keep masks written into the models' mask parameters before the step.
+Every random choice of an iteration (CutMix boxes, the patch-select pixels, dropout masks) comes from its own
+stream, `seeds.stream_rng(stream, seed, epoch, iteration)`, so a resumed epoch replays the same randomness, and the
+compiled step only sees fixed-shape tensors: CutMix boxes as coordinates, selected pixels as int coordinates (both
+step inputs), dropout as keep masks written into the models' mask parameters before the step.
 """
 import numpy as np
 from mindspore import Parameter, Tensor, nn, ops
@@ -11,13 +11,7 @@ import mindspore as ms
 
 from ..models.layers import bilinear_at, points_of_every_image
 
-# purposes of `step_rng` (a fixed key length keeps the Generator keys distinct)
-CUTMIX, PATCH_SELECT, STUDENT_DROPOUT, TEACHER_DROPOUT = 0, 1, 2, 3
 CUTMIX_PROB = 0.5  # U2PL: `np.random.uniform(0, 1) < 0.5` once per batch
-
-
-def step_rng(seed, epoch, iteration, purpose):
-    return np.random.default_rng([seed, epoch, iteration, purpose])
 
 
 # ------------------------------------------------------------------------------------------------------- CutMix

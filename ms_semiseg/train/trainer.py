@@ -33,10 +33,10 @@ from ..engine.distributed import (context, dump_rank_parameters, is_main_process
                           merged_iou, requested_world_size, start as start_data_parallel, sync_replicas)
 from ..engine.ema import EMAUpdate, ema_decay
 from .interrupt import StopRequest, resume_command
-from ..engine.masks import (CUTMIX, STUDENT_DROPOUT, TEACHER_DROPOUT, cutmix_boxes, dropout_keep_masks, load_dropout_masks,
-                    step_rng)
+from ..engine.masks import cutmix_boxes, dropout_keep_masks, load_dropout_masks
 from ..engine.optim import build_optimizer, decoder_lr_times, optimizer_settings, poly_lr_at
 from ..engine.pipeline import SkippedSamples, build_train_pipeline
+from ..engine.seeds import Stream, stream_rng
 from .plan import check_data, plan_from_config, pretrained_path, val_dataset
 from .records import RunFiles, StepLog, TrainingDiverged, plot_curves, resume_seed, save_run_config, say
 from ..engine.state import load_training_state, save_model, save_training_state
@@ -166,8 +166,8 @@ class Trainer:
     # --------------------------------------------------------------------------------------------- iterations
 
     def _load_dropout_masks(self, epoch, iteration):
-        for cells, purpose in ((self.student_drop, STUDENT_DROPOUT), (self.teacher_drop, TEACHER_DROPOUT)):
-            load_dropout_masks(cells, dropout_keep_masks(step_rng(self.seed, epoch, iteration, purpose), cells,
+        for cells, stream in ((self.student_drop, Stream.STUDENT_DROPOUT), (self.teacher_drop, Stream.TEACHER_DROPOUT)):
+            load_dropout_masks(cells, dropout_keep_masks(stream_rng(stream, self.seed, epoch, iteration), cells,
                                                          self.dist.row_shard(self.plan.batch_size)))
 
     def supervised_iteration(self, batch, epoch, iteration):
@@ -183,8 +183,8 @@ class Trainer:
         height, width = plan.crop
         boxes = np.zeros((plan.batch_size, 4), np.int32)
         if plan.cutmix:
-            boxes = cutmix_boxes(step_rng(self.seed, epoch, iteration, CUTMIX), plan.batch_size * self.dist.world_size,
-                                 height, width)[self.dist.local_rows(plan.batch_size)]
+            boxes = cutmix_boxes(stream_rng(Stream.CUTMIX, self.seed, epoch, iteration),
+                                 plan.batch_size * self.dist.world_size, height, width)[self.dist.local_rows(plan.batch_size)]
         # the teacher ramp counts updates (U2PL counts iterations: one update each)
         decay = ema_decay(self.global_step(epoch, iteration) // plan.accumulation,
                           plan.warmup_steps // plan.accumulation, plan.ema_decay)

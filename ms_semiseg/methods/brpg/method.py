@@ -13,6 +13,7 @@ from mindspore import Tensor
 
 from ...config import get
 from ...engine.distributed import context
+from ...engine.seeds import Stream, stream_rng
 from ...errors import UserError
 from ...models.decoder import HEAD_PLANES
 from ...train.records import say
@@ -21,11 +22,6 @@ from .settings import SECTION, BRPGSettings, brpg_enabled
 from .state import BRPGState
 from .step import BRPGSemiStep, BRPGTeacherOutputs
 
-# BRPG's per-step Generators: keys (seed, epoch, iteration, rank, purpose, _RNG_TAG). numpy's SeedSequence
-# ignores trailing zeros, so the non-zero last field keeps them apart from the trainer's and the pipeline's
-# shorter keys (masks.step_rng, pipeline._rng).
-BRPG_SAMPLING, BRPG_LOSS_PIXELS = 0, 1
-_RNG_TAG = 0xB5B6
 CHECKPOINT_PREFIX = "brpg."
 _QUEUE_ARRAYS = ("queue_rows", "queue_ptr", "queue_fill")
 
@@ -65,7 +61,7 @@ class BRPGTraining:
             self.log(f"BRPG: clustering the sampled features at epoch {epoch + 1}, iteration {iteration + 1}; "
                      "the prototype loss is active from this step")
             state.cluster()
-        grid, noise_u, threshold = state.step_inputs(self._rng(epoch, iteration, BRPG_LOSS_PIXELS), epoch,
+        grid, noise_u, threshold = state.step_inputs(self._rng(Stream.BRPG_LOSS_PIXELS, epoch, iteration), epoch,
                                                      iteration, self.plan.iterations, self.plan.batch_size)
         loss_on = Tensor(1.0 if state.loss_active(epoch) else 0.0, ms.float32)
         return ms.mutable((grid, noise_u, threshold, loss_on))
@@ -75,12 +71,12 @@ class BRPGTraining:
         `outputs`: the semi step's `BRPGStepResult`; `teacher_outputs`: the teacher graph's `BRPGTeacherResult`."""
         if self.state.in_sampling_window(epoch):
             self.state.enqueue(outputs.rep_l, outputs.logits_l, label_l, teacher_outputs.rep, teacher_outputs.logits,
-                               self._rng(epoch, iteration, BRPG_SAMPLING))
+                               self._rng(Stream.BRPG_SAMPLING, epoch, iteration))
         return outputs.losses
 
-    def _rng(self, epoch, iteration, purpose):
+    def _rng(self, stream, epoch, iteration):
         """The noise of one step: replayed by a resumed run; each device draws its own (its images differ)."""
-        return np.random.default_rng([self.seed, epoch, iteration, self.rank, purpose, _RNG_TAG])
+        return stream_rng(stream, self.seed, epoch, iteration, self.rank)
 
     # ------------------------------------------------------------------------------------------- checkpoint
 

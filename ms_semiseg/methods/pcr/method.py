@@ -15,7 +15,8 @@ from mindspore import Tensor
 
 from ...config import get, resolve_path
 from ...engine.distributed import broadcast_array, main_process_only
-from ...engine.masks import PATCH_SELECT, patch_select_coords, step_rng
+from ...engine.masks import patch_select_coords
+from ...engine.seeds import Stream, stream_rng
 from .proto_init import init_prototypes, load_proto_pickle, proto_settings, save_proto_pickle
 from ...train.records import say
 from ..mean_teacher import MeanTeacher
@@ -37,7 +38,7 @@ class PCR(MeanTeacher):
 
     def step_inputs(self, epoch, iteration):
         """The step's patch pixels (`PCRStep`'s `extra`)."""
-        coords = patch_select_coords(step_rng(self.seed, epoch, iteration, PATCH_SELECT), self.plan.crop[0],
+        coords = patch_select_coords(stream_rng(Stream.PATCH_SELECT, self.seed, epoch, iteration), self.plan.crop[0],
                                      self.plan.granularity)
         return ms.mutable((Tensor(coords),))
 

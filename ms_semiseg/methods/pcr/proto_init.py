@@ -30,6 +30,7 @@ from ms_semiseg.errors import UserError
 from ms_semiseg.models import create_model
 from ms_semiseg.models.layers import resize_bilinear
 from ms_semiseg.engine.masks import patch_cells
+from ms_semiseg.engine.seeds import Stream, stream_rng
 from ms_semiseg.engine.pipeline import DEFAULT_GRANULARITY, on_bad_image, train_readers
 from ms_semiseg.utils.atomic import write_bytes_atomic
 from ms_semiseg.utils.checkpoint import load_into_model, model_shapes, read_checkpoint, strip_prefix
@@ -105,8 +106,8 @@ def collect_class_features(model, dataset_iter, num_classes, per_class_cap, seed
     normalised image, (H,W) integer label) pairs. Pixels of ignore_label are skipped; a label value outside
     0..num_classes-1 is an error.
     """
-    rng = np.random.default_rng([seed, 0])
-    reservoir = _ClassReservoir(num_classes, per_class_cap, np.random.default_rng([seed, 1]))
+    rng = stream_rng(Stream.PROTO_INIT_PIXELS, seed)
+    reservoir = _ClassReservoir(num_classes, per_class_cap, stream_rng(Stream.PROTO_INIT_RESERVOIR, seed))
     dim = None
     was_training = model.training
     model.set_train(False)
