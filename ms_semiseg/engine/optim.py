@@ -12,7 +12,7 @@ MindSpore differences handled here:
 from mindspore import nn
 from mindspore import ops
 
-from ..config import get
+from ..config import check, get, is_number
 from ..errors import UserError
 
 ENCODER_PREFIX = "encoder."
@@ -35,8 +35,7 @@ def decoder_lr_times(cfg):
     times = get(cfg, "trainer.decoder_lr_times")
     if times is None:
         return DECODER_LR_TIMES_PASCAL if "pascal" in str(get(cfg, "dataset.type", "")) else 1
-    if isinstance(times, bool) or not isinstance(times, (int, float)) or times <= 0:
-        raise UserError(f"trainer.decoder_lr_times: {times!r}, expected a positive number (the decoder's lr / "
+    check("trainer.decoder_lr_times", times, is_number(times) and times > 0, "a positive number (the decoder's lr / "
                         "the encoder's; default 10 for pascal datasets, 1 otherwise)")
     return float(times)
 
@@ -59,8 +58,7 @@ def optimizer_settings(cfg):
     values = {"lr": kwargs["lr"], "momentum": kwargs.get("momentum", 0.9),
               "weight_decay": kwargs.get("weight_decay", 0.0), "power": power}
     for key, value in values.items():
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-            raise UserError(f"trainer.optimizer.kwargs.{key}: {value!r} is not valid, expected a number >= 0")
+        check(f"trainer.optimizer.kwargs.{key}", value, is_number(value) and value >= 0, "a number >= 0")
     return float(values["lr"]), float(values["momentum"]), float(values["weight_decay"]), float(values["power"])
 
 

@@ -34,7 +34,7 @@ import threading
 import mindspore.dataset as ds
 import numpy as np
 
-from ms_semiseg.config import get, resolve_path
+from ms_semiseg.config import check, get, resolve_path
 from ms_semiseg.data.datasets import build_dataset, derive_unlabeled_list, read_split_list
 from ms_semiseg.data.transforms import build_transform, strong_view, strong_view_enabled
 from ms_semiseg.errors import MarkedUserError, UserError, user_error_in
@@ -176,9 +176,7 @@ def _registered_skipped(key):
 
 
 def _positive_int(value, key):
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise UserError(f"{key}: {value!r} is not valid, expected a positive int")
-    return value
+    return check(key, value, not isinstance(value, bool) and isinstance(value, int) and value >= 1, "a positive int")
 
 
 # ------------------------------------------------------------------------------------------------ composition

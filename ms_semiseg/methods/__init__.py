@@ -4,8 +4,8 @@
 | --- | --- | --- |
 | supervised only | no `trainer.unsupervised` (or `trainer.sup_only_epoch >= trainer.epochs`) | `supervised.py` |
 | mean teacher (U2PL) | `trainer.unsupervised`, no `net.proto_head` | `mean_teacher.py` |
-| PCR | `trainer.unsupervised` and `net.proto_head` | `pcr.py` |
-| BRPG | `trainer.unsupervised` and `trainer.prototype` | `brpg.py` |
+| PCR | `trainer.unsupervised` and `net.proto_head` | `pcr/` (`step.py`: its training step) |
+| BRPG | `trainer.unsupervised` and `trainer.prototype` | `brpg/` (`step.py`: its training step) |
 
 docs/architecture.md shows where each part of an iteration lives.
 """

@@ -4,7 +4,8 @@ The trainer owns the loop, the supervised step, the mean teacher's common part (
 view, CutMix boxes, the EMA decay, dropout masks) and the records. A method owns the rest, through these calls:
 
 - `graphs(...)` once, after the models and the optimizer exist: the compiled graphs of its semi-supervised step
-  ("semi step" (+ "semi step (accumulate)") and "teacher pseudo-labels");
+  ("semi step" (+ "semi step (accumulate)") and "teacher pseudo-labels"; `mean_teacher.py` builds them from the
+  method's `semi_step` and `teacher_graph`);
 - `begin_semi_phase(trainer)` before the first semi-supervised step (before teacher := student);
 - per semi-supervised iteration (epoch e, iteration i): `step_inputs(e, i)` -> the semi step graph ->
   `after_step(outputs, teacher_outputs, label_l, e, i)`, which returns the loss vector;

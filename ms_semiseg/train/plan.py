@@ -3,22 +3,13 @@ or written (`plan_from_config`), and the data checks made before the first outpu
 import os
 from dataclasses import dataclass
 
-from ..config import get, resolve_path
+from ..config import get, number as _number, resolve_path
 from ..data.datasets import build_dataset
 from ..errors import UserError
 from ..engine.pipeline import check_train_crop, iterations_per_epoch, on_bad_image, patch_select_granularity, train_readers
 from ..engine.steps import CONFIDENCE, ENTROPY_DROP, LossSettings
 
 DEFAULT_LOG_INTERVAL = 10
-
-
-def _number(cfg, key, default, low=None, high=None, kind=float):
-    value = get(cfg, key, default)
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and (kind is float or value == int(value))
-    if not ok or (low is not None and value < low) or (high is not None and value > high):
-        bounds = f" in [{low}, {high}]" if high is not None else (f" >= {low}" if low is not None else "")
-        raise UserError(f"{key}: {value!r} is not valid, expected {'an int' if kind is int else 'a number'}{bounds}")
-    return kind(value)
 
 
 @dataclass(frozen=True)

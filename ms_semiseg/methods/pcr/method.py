@@ -17,9 +17,9 @@ from ...config import get, resolve_path
 from ...engine.distributed import broadcast_array, main_process_only
 from ...engine.masks import patch_select_coords
 from ...engine.seeds import Stream, stream_rng
-from .proto_init import init_prototypes, load_proto_pickle, proto_settings, save_proto_pickle
 from ...train.records import say
 from ..mean_teacher import MeanTeacher
+from .proto_init import init_prototypes, load_proto_pickle, proto_settings, save_proto_pickle
 from .step import PCRStep
 
 PROTOTYPES_FILE = "prototypes_init.pickle"
