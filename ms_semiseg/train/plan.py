@@ -7,6 +7,7 @@ from ..config import get, number as _number, resolve_path
 from ..data.datasets import build_dataset
 from ..errors import UserError
 from ..engine.pipeline import check_train_crop, iterations_per_epoch, on_bad_image, patch_select_granularity, train_readers
+from ..engine.optim import OptimizerSettings, optimizer_settings
 from ..engine.steps import CONFIDENCE, ENTROPY_DROP, LossSettings
 
 DEFAULT_LOG_INTERVAL = 10
@@ -23,6 +24,7 @@ class TrainPlan:
     use_proto: bool
     granularity: int
     losses: LossSettings
+    optimizer: OptimizerSettings
     ema_decay: float
     drop_percent: float
     cutmix: bool
@@ -168,7 +170,7 @@ def plan_from_config(cfg, world_size=1):
     return TrainPlan(
         epochs=epochs, sup_only_epoch=min(sup_only_epoch, epochs), semi=semi, batch_size=batch_size,
         crop=check_train_crop(cfg), use_proto=use_proto, granularity=_granularity(cfg, use_proto),
-        losses=loss_settings(cfg), ema_decay=_number(cfg, "net.ema_decay", 0.99, 0.0, 1.0),
+        losses=loss_settings(cfg), optimizer=optimizer_settings(cfg), ema_decay=_number(cfg, "net.ema_decay", 0.99, 0.0, 1.0),
         drop_percent=_number(cfg, "trainer.unsupervised.drop_percent", 100, 0.0, 100.0),
         cutmix=semi and _cutmix(cfg), log_interval=_number(cfg, "trainer.log_interval", DEFAULT_LOG_INTERVAL, 1,
                                                            kind=int),

@@ -34,7 +34,7 @@ from ..engine.distributed import (context, dump_rank_parameters, is_main_process
 from ..engine.ema import EMAUpdate, ema_decay
 from .interrupt import StopRequest, resume_command
 from ..engine.masks import cutmix_boxes, dropout_keep_masks, load_dropout_masks
-from ..engine.optim import build_optimizer, decoder_lr_times, optimizer_settings, poly_lr_at
+from ..engine.optim import build_optimizer
 from ..engine.pipeline import SkippedSamples, build_train_pipeline
 from ..engine.seeds import Stream, stream_rng
 from .plan import check_data, plan_from_config, pretrained_path, val_dataset
@@ -60,7 +60,7 @@ class Trainer:
         self.dist = context()
         ms.set_seed(seed)
         self.pair, self.student_drop, self.teacher_drop = build_pair(cfg, plan, None if resume else pretrained)
-        self.optimizer = build_optimizer(cfg, self.pair.student.trainable_params(), plan.total_updates,
+        self.optimizer = build_optimizer(plan.optimizer, self.pair.student.trainable_params(), plan.total_updates,
                                          model_prefix="student.", lr_scale=plan.batch.lr_scale)
         criterion = supervised_criterion(cfg)
         self.method = build_method(cfg, plan, seed, self.pair.student)  # supervised, mean teacher, PCR or BRPG
@@ -200,11 +200,8 @@ class Trainer:
         return self.method.after_step(outputs, teacher, batch["label_l"], epoch, iteration)  # BRPG's CPG sampling
 
     def _lrs(self, step):
-        base, _, _, power = optimizer_settings(self.cfg)
-        base *= self.plan.batch.lr_scale
-        update = step // self.plan.accumulation
-        return tuple(poly_lr_at(base * times, update, self.plan.total_updates, power)
-                     for times in (1, decoder_lr_times(self.cfg)))
+        plan = self.plan
+        return plan.optimizer.lrs_at(step // plan.accumulation, plan.total_updates, plan.batch.lr_scale)
 
     def run_epoch(self, epoch, start_iteration):
         plan = self.plan
@@ -379,7 +376,7 @@ def _train(args, cfg, plan, files, seed, pretrained, data_root, resume, device, 
     devices = f" x {world_size} devices" if world_size > 1 else ""
     say(f"{method_class(cfg, plan).title} on {device}: {plan.epochs} epochs x {plan.iterations} iterations, batch {plan.batch_size}{devices}, "
         f"crop {plan.crop[0]}x{plan.crop[1]}, seed {seed} -> {files.work_dir}")
-    say(plan.batch.describe(plan.semi, optimizer_settings(cfg)[0]))
+    say(plan.batch.describe(plan.semi, plan.optimizer.lr))
     if not pretrained and not resume:
         say("note: no --pretrained backbone (nor saver.pretrain): the encoder starts from random weights; U2PL/PCR "
             "start from ImageNet (convert one with `python -m convert pth2ckpt`)")
