@@ -14,7 +14,7 @@ MindSpore is slower), where "host/launch overhead" is the wall time of the profi
 times (Python, host dropout masks, copies, launching, the autograd engine, the profiler's own cost), then the top
 operators of each side. The unprofiled step wall time is printed too (the profiler slows PyTorch's ~2400 small op
 calls per step more than MindSpore's ~600 kernels).
-`--semi` adds a MindSpore-only table of the semi-supervised iteration (teacher pseudo-labels + SemiStep; PyTorch
+`--semi` adds a MindSpore-only table of the semi-supervised iteration (teacher pseudo-labels + the semi step; PyTorch
 has no counterpart here).
 
     python bench/profile_ops.py [--config experiments/demo/ours/config.yaml] [--arch resnet18] [--crop 80]
@@ -302,7 +302,7 @@ def main(argv=None):
           f"{results['mindspore']['peak_alloc_mb']:.0f} MiB), PyTorch {results['torch']['peak_rss_mb']:.0f} MiB")
     if args.semi:
         semi = best_of_rounds(args, ("mindspore-semi",))["mindspore-semi"]
-        print("\nMindSpore semi-supervised iteration (teacher pseudo-labels + SemiStep), no PyTorch counterpart:\n")
+        print("\nMindSpore semi-supervised iteration (teacher pseudo-labels + the semi step), no PyTorch counterpart:\n")
         print("\n".join(ms_only_table(semi)))
         print(f"\nTop {args.top} operators, MindSpore semi-supervised iteration:\n")
         print("\n".join(top_ops(semi, args.top)))

@@ -5,7 +5,7 @@ and SGD (momentum 0.9, weight decay, encoder/decoder groups). MindSpore runs `Su
 dropout masks loaded every step as in training); PyTorch runs `convert/torch_model.py` in eager mode. Printed:
 steps/s of each side, the ratio MindSpore/PyTorch (> 1 means MindSpore is faster), first-step time (compilation on
 the MindSpore side) and peak RSS. `--semi` also times our full semi-supervised iteration (teacher pseudo-labels +
-SemiStep; MindSpore only, there is no PyTorch counterpart here).
+the semi step; MindSpore only, there is no PyTorch counterpart here).
 
     python bench/train_speed.py [--arch resnet50] [--crop 129] [--batch 2] [--steps 5] [--threads 2] [--semi]
 """
@@ -65,7 +65,7 @@ def build_mindspore(args):
     import ms_semiseg  # noqa: F401  (sets the oneDNN ISA cap before the first kernel)
     from ms_semiseg.losses import build_criterion
     from ms_semiseg.models import create_model
-    from ms_semiseg.train import masks, optim, steps
+    from ms_semiseg.engine import masks, optim, steps
     ms.set_device("CPU")
     ms.set_context(mode=ms.GRAPH_MODE, runtime_num_threads=args.threads)
     cfg, net = net_config(args)
@@ -106,10 +106,13 @@ def run_mindspore(args):
 def _semi_step(args, pair, optimizer, criterion, settings, cells, teacher_cells, image, label):
     import mindspore as ms
     import numpy as np
-    from ms_semiseg.train import ema, masks, steps
-    semi = steps.SemiStep(pair, optimizer, criterion, settings,
-                          ema.EMAUpdate(*ema.ema_parameter_pairs(pair.student, pair.teacher)), pair.student.use_proto)
-    pseudo = steps.TeacherPseudoLabels(pair.teacher)
+    from ms_semiseg.engine import ema, masks, steps
+    from ms_semiseg.methods.mean_teacher import MeanTeacherStep, TeacherPseudoLabels
+    from ms_semiseg.methods.pcr.step import PCRStep
+    step_class = PCRStep if pair.student.use_proto else MeanTeacherStep
+    semi = step_class(pair, optimizer, criterion, settings,
+                      ema.EMAUpdate(*ema.ema_parameter_pairs(pair.student, pair.teacher)))
+    pseudo = TeacherPseudoLabels(pair.teacher)
     rng = np.random.default_rng(2)
     grid = int((pair.student.use_proto and 32) or 1)
 
@@ -119,8 +122,9 @@ def _semi_step(args, pair, optimizer, criterion, settings, cells, teacher_cells,
         labels_u, conf = pseudo.run(image)
         boxes = masks.cutmix_boxes(rng, args.batch, args.crop, args.crop)
         coords = masks.patch_select_coords(rng, args.crop, min(grid, args.crop))
-        semi.run(image, label, image, labels_u, conf, ms.Tensor(boxes), ms.Tensor(coords), steps.scalar(80.0),
-                 steps.scalar(0.99)).asnumpy()
+        extra = ms.mutable((ms.Tensor(coords),)) if pair.student.use_proto else ()
+        semi.run(image, label, image, labels_u, conf, ms.Tensor(boxes), steps.scalar(80.0), steps.scalar(0.99),
+                 *((extra,) if extra else ())).asnumpy()
 
     return semi_step
 
@@ -203,7 +207,7 @@ def main():
               f"{res['first_step_s']:.1f} s, peak RSS {res['peak_rss_mb']:.0f} MiB")
     semi = results["mindspore"].get("semi_step_s")
     if semi:
-        print(f"mindspore semi-supervised iteration (teacher pseudo-labels + SemiStep): {semi:.2f} s/iteration, "
+        print(f"mindspore semi-supervised iteration (teacher pseudo-labels + the semi step): {semi:.2f} s/iteration, "
               f"first {results['mindspore']['semi_first_step_s']:.1f} s")
     ratio = results["torch"]["step_s"] / results["mindspore"]["step_s"]
     print(f"speed ratio MindSpore/PyTorch: {ratio:.2f}x")
