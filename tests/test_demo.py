@@ -78,6 +78,8 @@ def test_table_rows_compare_methods_at_equal_iterations(demo_runs):
     proto = read_json(root / "out" / "ours" / "eval" / "metrics.json")["miou_proto"]
     assert (sup[5], pcr[5]) == ("-", f"{proto:.2f}")
     assert re.fullmatch(r"\d+:\d\d", sup[6]) and re.fullmatch(r"\d+:\d\d", pcr[6])
+    brpg = table_row(first.stdout, "BRPG")
+    assert brpg[1:4] == ["-", "-", "-"]  # a method that did not run used no images
     assert "BRPG: n/a (not in the default run, which fits the budget: add it with --methods suponly ours brpg)" \
         in first.stdout
 

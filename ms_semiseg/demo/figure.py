@@ -5,6 +5,7 @@ truth, then one column per method read from the `gray/<id>.png` class maps that 
 """
 import io
 import os
+import textwrap
 
 import cv2
 import numpy as np
@@ -15,6 +16,7 @@ from ..utils.atomic import write_bytes_atomic
 DEFAULT_ROWS = 6
 IGNORE_LABEL = 255
 LEGEND_INCHES = 0.35  # the class-colour legend under the grid
+TITLE_CHARS = 24  # a column title wraps beyond this many characters (a cell is 1.9 inches wide)
 
 
 def pick_evenly(sample_ids, count=DEFAULT_ROWS):
@@ -67,7 +69,8 @@ def render_grid(rows, column_titles, class_names, palette=VOC_PALETTE, cell_inch
             axis.set_xticks([])
             axis.set_yticks([])
             if r == 0:
-                axis.set_title(column_titles[c], fontsize=9)
+                # long titles ("mean teacher (no prototypes) (45.6)") would run into the next column
+                axis.set_title(textwrap.fill(column_titles[c], TITLE_CHARS), fontsize=9)
     handles = [Patch(color=palette[i] / 255.0, label=name) for i, name in enumerate(class_names)]
     handles.append(Patch(color=palette[IGNORE_LABEL] / 255.0, label="ignore (255)"))
     fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 8), fontsize=8, frameon=False)

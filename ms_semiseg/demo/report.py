@@ -32,7 +32,8 @@ def table_rows(results, meta):
     rows = [header]
     for result in results:
         spec = result.spec
-        labeled, unlabeled = labels_used(meta, spec.semi if spec else False)
+        # a method that did not run used no images: dashes, not the labeled split's size and 0 unlabeled
+        labeled, unlabeled = labels_used(meta, spec.semi) if spec else ("-", "-")
         has_proto = spec is not None and "proto_head" in spec.cfg.get("net", {})
         train_time = format_duration(result.train_s) + (" (reused)" if result.reused else "")
         rows.append([result.method.title, labeled, unlabeled, str(result.iterations or "-"), percent(result.miou),

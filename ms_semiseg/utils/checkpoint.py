@@ -86,6 +86,28 @@ def read_checkpoint(path):
                         "mindspore.save_checkpoint or `convert pth2ckpt`") from None
 
 
+TRAIN_STATE_MODELS = ("teacher", "student")  # the models of a training state (last.ckpt), by name prefix
+
+
+def select_model(params, which, source):
+    """One model's weights out of a training state (`last.ckpt`: `student.*`, with a teacher also `teacher.*`, plus
+    optimizer slots and counters), without its prefix: `which` ("teacher" or "student"), by default the teacher
+    where there is one (the model U2PL/PCR validate), else the student. Any other checkpoint holds one model's
+    weights and is returned as it is; asking it for `which` is an error (best.ckpt keeps only the validated model)."""
+    present = [m for m in TRAIN_STATE_MODELS if any(name.startswith(m + ".") for name in params)]
+    if not present:
+        if which:
+            raise UserError(f"{source}: holds one model's weights, not a training state with {which}.* weights; "
+                            f"expected a last.ckpt for --weights {which}")
+        return params
+    which = which or present[0]
+    if which not in present:
+        raise UserError(f"{source}: a training state without {which}.* weights (it has {', '.join(present)}), "
+                        f"expected --weights {' or '.join(present)}")
+    prefix = which + "."
+    return {name[len(prefix):]: value for name, value in params.items() if name.startswith(prefix)}
+
+
 def strip_prefix(params, prefixes=KNOWN_PREFIXES):
     """Drops a prefix that every name carries (`module.` of the original release, `teacher.` of our train state)."""
     for prefix in prefixes:
