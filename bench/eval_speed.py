@@ -35,7 +35,7 @@ STRATEGY_CHOICES = ("static", "pynative", "auto")  # ms_semiseg.eval.predictor.S
 
 def many_sizes():
     """60 (h, w) in 30 distinct sizes, as VOC val's long tail: the 5 common sizes x 6 images, 5 more x 2, 20 x 1."""
-    rare = [(short, 500) if index % 2 else (500, short) for index, short in enumerate(range(281, 500, 11))]
+    rare = [(short, 500) if index % 2 else (500, short) for index, short in enumerate(range(282, 500, 8))]
     rare = [size for size in rare if size not in VOC_SIZES][:25]
     return [size for size in VOC_SIZES for _ in range(6)] + [size for size in rare[:5] for _ in range(2)] + rare[5:]
 

@@ -309,6 +309,7 @@ def test_auto_strategy_gives_the_static_logits_and_miou_exactly(voc, tmp_path):
     # 3 x 41x53 = 6519 pixel-forwards: a graph; 1 x 53x37 = 1961: op by op
     assert auto.stats()["compiles"] == 1 and auto.stats()["pynative_calls"] == 1
     assert static.stats()["compiles"] == 2 and static.stats()["pynative_calls"] == 0
+    assert auto.compiled_shapes == []  # the 41x53 graph was released before the op-by-op 53x37 forward
     assert static_maps.keys() == auto_maps.keys() and len(auto_maps) == 4
     for sample_id, maps in static_maps.items():
         for head, class_map in maps.items():

@@ -115,6 +115,7 @@ class Predictor:
         self.max_cached_shapes = max(1, int(max_cached_shapes))
         self.static_pixels = int(static_pixels)
         self.expected_calls = {}  # {(h, w): forwards}, for auto
+        self._remaining = {}  # expected forwards not yet made, per size
         self.compiled_shapes = []  # shapes compiled since the last recycle, in order
         self.compile_count = 0
         self.pynative_calls = 0
@@ -125,6 +126,7 @@ class Predictor:
     def expect(self, calls):
         """{(h, w): number of forwards at that input size} of the coming evaluation (used by `auto`)."""
         self.expected_calls = {tuple(size): int(count) for size, count in calls.items()}
+        self._remaining = dict(self.expected_calls)
 
     def uses_graph(self, size):
         """Whether a forward at input size (h, w) runs the compiled graph."""
@@ -146,10 +148,23 @@ class Predictor:
         self.compile_count += 1
         return True
 
+    def _release_finished_graphs(self):
+        """Before an op-by-op forward: drops the compiled graphs once no expected forward needs them any more
+        (a kept graph's memory would add to the op-by-op forward's: measured 3.9 -> 6.1 GB peak RSS with
+        ResNet-18 at 375x500)."""
+        import mindspore as ms
+        if self.compiled_shapes and all(self._remaining.get(shape[2:], 0) <= 0 for shape in self.compiled_shapes):
+            ms.ms_memory_recycle()
+            self.compiled_shapes = []
+
     def __call__(self, batch):
         import mindspore as ms
         batch = np.ascontiguousarray(batch, dtype=np.float32)
-        if not self.uses_graph(batch.shape[2:]):
+        size = batch.shape[2:]
+        if size in self._remaining:
+            self._remaining[size] -= 1
+        if not self.uses_graph(size):
+            self._release_finished_graphs()
             self.pynative_calls += 1
             return self._outputs(*self.network(ms.Tensor(batch)))
         new_shape = self._before_static_call(batch.shape)
