@@ -15,7 +15,8 @@ times (Python, host dropout masks, copies, launching, the autograd engine, the p
 operators of each side. The unprofiled step wall time is printed too (the profiler slows PyTorch's ~2400 small op
 calls per step more than MindSpore's ~600 kernels).
 `--semi` adds a MindSpore-only table of the semi-supervised iteration (the trainer's own `Trainer.semi_iteration`,
-built by train_speed.build_trainer: teacher pseudo-labels + SemiStep; PyTorch has no counterpart here).
+built by train_speed.build_trainer: teacher pseudo-labels + the semi step; PyTorch has no counterpart
+here).
 
     python bench/profile_ops.py [--config experiments/demo/ours/config.yaml] [--arch resnet18] [--crop 80]
         [--batch 5] [--steps 3] [--threads 2] [--rounds 1] [--semi] [--top 12]
@@ -304,7 +305,7 @@ def main(argv=None):
           f"{results['mindspore']['peak_alloc_mb']:.0f} MiB), PyTorch {results['torch']['peak_rss_mb']:.0f} MiB")
     if args.semi:
         semi = best_of_rounds(args, ("mindspore-semi",))["mindspore-semi"]
-        print("\nMindSpore semi-supervised iteration (teacher pseudo-labels + SemiStep), no PyTorch counterpart:\n")
+        print("\nMindSpore semi-supervised iteration (teacher pseudo-labels + the semi step), no PyTorch counterpart:\n")
         print("\n".join(ms_only_table(semi)))
         print(f"\nTop {args.top} operators, MindSpore semi-supervised iteration:\n")
         print("\n".join(top_ops(semi, args.top)))

@@ -70,7 +70,7 @@ def build_mindspore(args):
     import numpy as np
     from ms_semiseg.losses import build_criterion
     from ms_semiseg.models import create_model
-    from ms_semiseg.train import masks, optim, steps
+    from ms_semiseg.engine import masks, optim, steps
     set_mindspore_context(args)
     cfg, net = net_config(args)
     ms = _mindspore()

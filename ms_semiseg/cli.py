@@ -18,7 +18,7 @@ COMMANDS = {
     "train": ("ms_semiseg.train.trainer", "train supervised / PCR / BRPG natively in MindSpore"),
     "demo": ("ms_semiseg.demo.run", "run the bundled CPU demo end to end"),
     "split": ("ms_semiseg.data.make_splits", "write labeled/unlabeled split lists for your dataset"),
-    "init-protos": ("ms_semiseg.train.proto_init", "k-means prototype initialisation from a checkpoint"),
+    "init-protos": ("ms_semiseg.methods.pcr.proto_init", "k-means prototype initialisation from a checkpoint"),
     "convert": ("ms_semiseg.converter", "PyTorch <-> MindSpore checkpoints (.pth/.ckpt/.safetensors) and parity"),
     "report": ("ms_semiseg.eval.report", "VOC / Cityscapes tables: eval metrics.json vs the published mIoU"),
 }

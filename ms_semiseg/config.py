@@ -64,6 +64,27 @@ def resolve_path(cfg, value):
     return value if os.path.isabs(value) else os.path.normpath(os.path.join(config_dir(cfg), value))
 
 
+def check(key, value, ok, expected):
+    """The one value check of the settings: `value` (of config key `key`) when `ok`, else a UserError naming both.
+    (`require` below checks a schema of types, with messages that name the config file.)"""
+    if not ok:
+        raise UserError(f"{key}: {value!r} is not valid, expected {expected}")
+    return value
+
+
+def is_number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def number(cfg, key, default=None, low=None, high=None, kind=float):
+    """`key`'s value (or `default`) as `kind`, checked to be a number (an integer for int) within [low, high]."""
+    value = get(cfg, key, default)
+    ok = is_number(value) and (kind is float or value == int(value))
+    ok = ok and (low is None or value >= low) and (high is None or value <= high)
+    bounds = f" in [{low}, {high}]" if high is not None else (f" >= {low}" if low is not None else "")
+    return kind(check(key, value, ok, f"{'an int' if kind is int else 'a number'}{bounds}"))
+
+
 def get(cfg, dotted, default=None):
     node = cfg
     for part in dotted.split("."):

@@ -2,7 +2,7 @@
 
 A UserError raised inside the `mindspore.dataset` pipeline (a corrupt image met by a loader worker) comes back
 from MindSpore as a RuntimeError whose text holds a traceback, "Dataset Pipeline Error Message" and a C++ call
-stack. The training source (`ms_semiseg.train.pipeline`) re-raises it as a `MarkedUserError`, whose text holds
+stack. The training source (`ms_semiseg.engine.pipeline`) re-raises it as a `MarkedUserError`, whose text holds
 the message between markers, and `user_error_in` recovers the UserError from any exception wrapping that text,
 so the user still sees the one line."""
 import re

@@ -20,12 +20,12 @@ from helpers import FLOAT32_EPS, assert_float32_close, assert_well_posed, top2_m
 from ms_semiseg.config import load_config
 from ms_semiseg.errors import UserError
 from ms_semiseg.losses.brpg import grid_coords, grid_positions, pseudo_threshold_at, targets_with_prototypes
-from ms_semiseg.train.brpg import BRPGState, PrototypeBank, brpg_enabled, uniform_noise
-from ms_semiseg.train.brpg_cluster import (KMEANS_0_20_DEFAULTS, apo_class_count, apo_selection, dispersion,
-                                           prototype_numbers)
-from ms_semiseg.train.brpg_queue import (HIGH, LOW, FeatureQueues, choose, nearest_downsample, ring_write_index,
-                                         sampling_keys)
-from ms_semiseg.train.brpg_settings import BRPGSettings
+from ms_semiseg.methods.brpg.cluster import (KMEANS_0_20_DEFAULTS, apo_class_count, apo_selection, dispersion,
+                                             prototype_numbers)
+from ms_semiseg.methods.brpg.queue import (HIGH, LOW, FeatureQueues, choose, nearest_downsample, ring_write_index,
+                                           sampling_keys)
+from ms_semiseg.methods.brpg.settings import BRPGSettings, brpg_enabled
+from ms_semiseg.methods.brpg.state import BRPGState, PrototypeBank, uniform_noise
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 C, D, B, h, H = 3, 8, 2, 5, 17  # classes, feature dim, batch, feature size (stride 4 of H), image size

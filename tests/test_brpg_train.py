@@ -30,9 +30,9 @@ from ms_semiseg.data.transforms import apply_strong_view, color_jitter, draw_str
 from ms_semiseg.errors import UserError
 from ms_semiseg.losses import build_criterion, supervised_criterion
 from ms_semiseg.models.layers import batch_norm, conv2d
-from ms_semiseg.train import ema, optim
-from ms_semiseg.train.brpg_step import BRPGTraining, check_brpg_config
-from ms_semiseg.train.steps import CONFIDENCE, LossSettings, MeanTeacherPair
+from ms_semiseg.engine import ema, optim
+from ms_semiseg.methods.brpg.method import BRPGTraining, check_brpg_config
+from ms_semiseg.engine.steps import CONFIDENCE, LossSettings, MeanTeacherPair
 from ms_semiseg.train.trainer import plan_from_config
 
 BRPG_CONFIG = os.path.join(REPO_ROOT, "experiments", "pascal", "92", "brpg", "config.yaml")
@@ -220,8 +220,8 @@ def test_semi_step_adds_l_pro_and_moves_the_prototypes_only_in_the_loss_phase(gr
 
     def step(extra):
         return graphs["semi step"].run(Tensor(x_l), Tensor(y_l), Tensor(x_u), pseudo, conf,
-                                       Tensor(np.zeros((B, 4), np.int32)), Tensor(np.zeros((1, 2), np.int32)),
-                                       Tensor(100.0, ms.float32), Tensor(0.5, ms.float32), extra)
+                                       Tensor(np.zeros((B, 4), np.int32)), Tensor(100.0, ms.float32),
+                                       Tensor(0.5, ms.float32), extra)
 
     losses, rep_l, logits_l = step(extra)
     losses = losses.asnumpy()
@@ -396,7 +396,7 @@ def test_strong_view_draws_follow_unimatch_probabilities_and_ranges():
 
 
 def test_pipeline_adds_a_reproducible_strong_view_of_the_weak_crop(tmp_path):
-    from ms_semiseg.train.pipeline import build_train_pipeline
+    from ms_semiseg.engine.pipeline import build_train_pipeline
     cfg = tiny_brpg_config(tmp_path)
     first = next(iter(build_train_pipeline(cfg, 2, 1, 2)))
     again = next(iter(build_train_pipeline(cfg, 2, 1, 2, num_workers=2)))

@@ -66,7 +66,7 @@ def test_require_names_missing_and_mistyped_keys():
 
 def test_decoder_lr_times_follows_u2pl_unless_the_config_sets_it():
     """U2PL's rule (10x for pascal datasets, 1x otherwise) and the demo's `trainer.decoder_lr_times` override."""
-    from ms_semiseg.train.optim import decoder_lr_times
+    from ms_semiseg.engine.optim import decoder_lr_times
     assert decoder_lr_times({"dataset": {"type": "pascal_semi"}}) == 10
     assert decoder_lr_times({"dataset": {"type": "cityscapes_semi"}}) == 1
     assert decoder_lr_times({"dataset": {"type": "pascal_semi"}, "trainer": {"decoder_lr_times": 1}}) == 1.0

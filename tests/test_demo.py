@@ -10,11 +10,12 @@ import cv2
 import pytest
 
 from helpers import assert_user_error, run_module
+from ms_semiseg.demo import report, runs, specs
 from ms_semiseg.demo import run as demo
 from ms_semiseg.demo.figure import pick_evenly
 from ms_semiseg.errors import UserError
 
-BY_KEY = {method.key: method for method in demo.METHODS}
+BY_KEY = {method.key: method for method in specs.METHODS}
 LAST_LINE = re.compile(r"^demo: suponly=(\d+\.\d\d) pcr=(\d+\.\d\d) brpg=n/a$")
 QUICK_VAL_IMAGES = 4  # ms_semiseg.demo.run.QUICK_DATA
 QUICK_LABELED, QUICK_TRAIN, QUICK_UNLABELED = 4, 12, 8
@@ -116,10 +117,10 @@ def test_run_fingerprint_follows_seed_and_overrides(demo_runs):
     root, _, _ = demo_runs
     data_opts = demo.data_opts(str(root / "data"))
     method = BY_KEY["ours"]
-    base = demo.load_spec(method, data_opts, str(root / "x"), seed=0)
-    assert demo.load_spec(method, data_opts, str(root / "x"), seed=0).fingerprint() == base.fingerprint()
-    assert demo.load_spec(method, data_opts, str(root / "x"), seed=1).fingerprint() != base.fingerprint()
-    changed = demo.load_spec(method, data_opts + ["trainer.epochs=5"], str(root / "x"), seed=0)
+    base = specs.load_spec(method, data_opts, str(root / "x"), seed=0)
+    assert specs.load_spec(method, data_opts, str(root / "x"), seed=0).fingerprint() == base.fingerprint()
+    assert specs.load_spec(method, data_opts, str(root / "x"), seed=1).fingerprint() != base.fingerprint()
+    changed = specs.load_spec(method, data_opts + ["trainer.epochs=5"], str(root / "x"), seed=0)
     per_epoch = base.iterations // 4  # experiments/demo/ours/config.yaml: 4 epochs
     assert changed.fingerprint() != base.fingerprint() and changed.iterations == 5 * per_epoch
 
@@ -135,18 +136,18 @@ def test_split_opts_applies_prefixed_overrides_to_one_method():
 def test_baseline_epochs_match_the_reference_iterations():
     # demo defaults: 50 labeled / batch 5 = 10 iterations per epoch; PCR: 4 epochs x 750 unlabeled / 5 = 600
     baseline = SimpleNamespace(iterations=60 * 10, cfg={"trainer": {"epochs": 60}})
-    assert demo.baseline_epochs(baseline, SimpleNamespace(iterations=600)) == 60
-    assert demo.baseline_epochs(baseline, SimpleNamespace(iterations=300)) == 30
-    assert demo.baseline_epochs(baseline, SimpleNamespace(iterations=3)) == 1
+    assert specs.baseline_epochs(baseline, SimpleNamespace(iterations=600)) == 60
+    assert specs.baseline_epochs(baseline, SimpleNamespace(iterations=300)) == 30
+    assert specs.baseline_epochs(baseline, SimpleNamespace(iterations=3)) == 1
 
 
 def test_last_line_marks_missing_methods_na():
-    results = [demo.Result(BY_KEY["suponly"], miou=41.234), demo.Result(BY_KEY["meanteacher"], miou=45.0),
-               demo.Result(BY_KEY["ours"], miou=50.0),
-               demo.Result(BY_KEY["brpg"], reason="BRPG is not wired into the trainer yet")]
+    results = [runs.Result(BY_KEY["suponly"], miou=41.234), runs.Result(BY_KEY["meanteacher"], miou=45.0),
+               runs.Result(BY_KEY["ours"], miou=50.0),
+               runs.Result(BY_KEY["brpg"], reason="BRPG is not wired into the trainer yet")]
     # the mean-teacher ablation is in the tables, not in the fixed-format last line
-    assert demo.last_line(results) == "demo: suponly=41.23 pcr=50.00 brpg=n/a"
-    assert demo.last_line(results[:1]) == "demo: suponly=41.23 pcr=n/a brpg=n/a"
+    assert report.last_line(results) == "demo: suponly=41.23 pcr=50.00 brpg=n/a"
+    assert report.last_line(results[:1]) == "demo: suponly=41.23 pcr=n/a brpg=n/a"
 
 
 def test_pick_evenly_spreads_rows_over_the_val_list():

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ms_semiseg.demo.make_data import CLASS_NAMES, DEFAULT_LABELED_FRACTION, make_dataset
+from ms_semiseg.demo.make_data import DEFAULT_LABELED_FRACTION, make_dataset
+from ms_semiseg.demo.painter import CLASS_NAMES
 from ms_semiseg.errors import UserError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

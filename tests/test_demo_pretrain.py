@@ -12,7 +12,7 @@ import pytest
 from helpers import assert_user_error, run_module, tiny_config
 from ms_semiseg.config import load_config, net_config
 from ms_semiseg.demo.pretrain import DEFAULT_OUT, KEPT_STAGES, MAX_BYTES
-from ms_semiseg.demo.run import REPO_ROOT
+from ms_semiseg.demo.specs import REPO_ROOT
 from ms_semiseg.models import create_model
 from ms_semiseg.utils.checkpoint import compare_to_model, model_shapes, read_checkpoint, save_params_atomic
 

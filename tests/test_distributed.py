@@ -40,7 +40,7 @@ import pytest
 
 from fixtures import make_voc_fixture
 from helpers import REPO_ROOT, assert_user_error, point_at_data, run_module, tiny_config, write_config
-from ms_semiseg.train.distributed import (DataParallel, decode_digits, encode_digits, freeze_batch_norm,
+from ms_semiseg.engine.distributed import (DataParallel, decode_digits, encode_digits, freeze_batch_norm,
                                           use_sync_bn)
 
 IDS = [f"2007_{i:06d}" for i in range(12)]
@@ -54,7 +54,7 @@ RUN_TIMEOUT = 1500
 
 
 def test_local_rows_are_the_rows_the_pipeline_gives_each_rank(tmp_path):
-    from ms_semiseg.train.pipeline import build_train_pipeline
+    from ms_semiseg.engine.pipeline import build_train_pipeline
     cfg = tiny_dataset_config(tmp_path)
     whole = list(build_train_pipeline(cfg, 2, 0, 4, num_workers=1))
     for rank in range(2):
@@ -70,7 +70,7 @@ def test_local_rows_are_the_rows_the_pipeline_gives_each_rank(tmp_path):
 
 
 def test_dropout_masks_of_each_rank_are_its_rows_of_the_global_draw():
-    from ms_semiseg.train.masks import HostMaskDropout2d, dropout_keep_masks
+    from ms_semiseg.engine.masks import HostMaskDropout2d, dropout_keep_masks
     global_cells = [HostMaskDropout2d(0.5, 6, 8), HostMaskDropout2d(0.1, 3, 8)]
     local_cells = [HostMaskDropout2d(0.5, 6, 4), HostMaskDropout2d(0.1, 3, 4)]
     expected = dropout_keep_masks(np.random.default_rng(7), global_cells)
@@ -326,7 +326,7 @@ def test_validation_counts_are_gathered_from_both_ranks(runs):
     predict the same classes. Strictly this is a cross-computation claim that a pixel within ~1e-6 of a tie could
     break; a tolerance of a few pixels' worth of mIoU would be too loose to notice a rank's counts going missing,
     which is what this test is for. If it ever fails with a small difference, look at near-tie pixels first."""
-    from ms_semiseg.train.state import read_meta
+    from ms_semiseg.engine.state import read_meta
     histories = [read_meta(str(runs["root"] / name / "checkpoints" / "last.ckpt"))["history"]
                  for name in ("eq1", "eq2")]
     assert len(histories[0]) == len(histories[1]) == 2

@@ -9,7 +9,7 @@ from helpers import assert_user_error, run_module, write_config
 from ms_semiseg.errors import UserError
 from ms_semiseg.losses import build_criterion
 from ms_semiseg.models.layers import conv2d
-from ms_semiseg.train import optim, steps
+from ms_semiseg.engine import optim, steps
 from ms_semiseg.train.trainer import global_batch
 
 ms.set_device("CPU")

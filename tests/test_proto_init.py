@@ -11,8 +11,8 @@ import pytest
 from ms_semiseg.errors import UserError
 from ms_semiseg.models import create_model
 from ms_semiseg.models.layers import resize_bilinear
-from ms_semiseg.train import proto_init
-from ms_semiseg.train.proto_init import (
+from ms_semiseg.methods.pcr import proto_init
+from ms_semiseg.methods.pcr.proto_init import (
     collect_class_features,
     kmeans_prototypes,
     load_proto_pickle,

@@ -29,7 +29,7 @@ def _lines(text):
 
 
 def _assert_checkpoint_readable(work):
-    from ms_semiseg.train.state import read_meta
+    from ms_semiseg.engine.state import read_meta
     checkpoints = os.path.join(work, "checkpoints")
     assert read_meta(os.path.join(checkpoints, "last.ckpt"))["seed"] == 2
     assert not [name for name in os.listdir(checkpoints) if ".tmp-" in name], os.listdir(checkpoints)
@@ -166,7 +166,7 @@ class _Reader:
 
 def _unlabeled_side_pipeline(skipped):
     import mindspore.dataset as ds
-    from ms_semiseg.train import pipeline
+    from ms_semiseg.engine import pipeline
     labeled = _Reader()
     labeled.__class__ = type("_Labeled", (_Reader,), {"__getitem__": lambda self, i: (
         np.zeros((8, 8, 3), np.uint8), np.zeros((8, 8), np.uint8), str(i))})
@@ -180,7 +180,7 @@ def _unlabeled_side_pipeline(skipped):
 
 
 def test_pipeline_workers_raise_the_readers_user_error_or_skip_the_sample():
-    from ms_semiseg.train.pipeline import SkippedSamples
+    from ms_semiseg.engine.pipeline import SkippedSamples
     with pytest.raises(UserError, match=r"^/data/img_3.jpg: empty file, expected an image$"):
         list(_unlabeled_side_pipeline(None))
     skipped = SkippedSamples()
@@ -192,7 +192,7 @@ def test_pipeline_workers_raise_the_readers_user_error_or_skip_the_sample():
 
 
 def test_on_bad_image_is_validated():
-    from ms_semiseg.train.pipeline import on_bad_image
+    from ms_semiseg.engine.pipeline import on_bad_image
     assert on_bad_image({"dataset": {}}) == "error"
     with pytest.raises(UserError, match="dataset.on_bad_image: 'ignore' is not supported, expected error"):
         on_bad_image({"dataset": {"on_bad_image": "ignore"}})

@@ -19,7 +19,9 @@ from ms_semiseg.losses import build_criterion
 from ms_semiseg.models.layers import batch_norm, conv2d, dropout2d
 from ms_semiseg.models.proto_head import CosineProtoHead
 from helpers import assert_float32_close, assert_well_posed, top2_margin
-from ms_semiseg.train import ema, masks, optim, steps
+from ms_semiseg.engine import ema, masks, optim, steps
+from ms_semiseg.methods.mean_teacher import TeacherPseudoLabels
+from ms_semiseg.methods.pcr.step import PCRStep, proto_targets
 
 ms.set_device("CPU")
 
@@ -303,7 +305,7 @@ def test_proto_targets_use_labels_and_confident_pseudo_labels():
     pseudo = np.array([[[2, 2], [1, 0]]], np.int32)
     conf = np.array([[[0.9, 0.5], [0.8, 0.79]]], np.float32)
     coords = np.array([[0, 0], [0, 1], [1, 0], [1, 1]], np.int32)
-    target = steps.proto_targets(Tensor(label_l), Tensor(pseudo), Tensor(conf), Tensor(coords), 0.8).asnumpy()
+    target = proto_targets(Tensor(label_l), Tensor(pseudo), Tensor(conf), Tensor(coords), 0.8).asnumpy()
     np.testing.assert_array_equal(target, [1, 2, 255, 0, 2, 255, 1, 255])
 
 
@@ -438,9 +440,9 @@ def test_semi_iterations_match_pytorch_and_compile_once(graph_mode, unsup_type):
     for target, source in zip(teacher_params, student_params):
         target.set_data(Tensor(source.asnumpy()))
     settings = steps.LossSettings(aux_weight=0.4, confid_thresh=TAU, unsup_type=unsup_type)
-    semi = steps.SemiStep(pair, optimizer, build_criterion({"type": "CELoss"}), settings,
-                          ema.EMAUpdate(teacher_params, student_params), use_proto=True)
-    pseudo_labels = steps.TeacherPseudoLabels(pair.teacher)
+    semi = PCRStep(pair, optimizer, build_criterion({"type": "CELoss"}), settings,
+                   ema.EMAUpdate(teacher_params, student_params))
+    pseudo_labels = TeacherPseudoLabels(pair.teacher)
     torch_student, torch_teacher = torch_twin(pair.student), torch_twin(pair.teacher)
     margins = {}
     groups = [{"params": [p for n, p in torch_student.named_parameters() if n.startswith(prefix)
@@ -458,8 +460,8 @@ def test_semi_iterations_match_pytorch_and_compile_once(graph_mode, unsup_type):
         masks.load_dropout_masks(s_cells, [s_mask])
         masks.load_dropout_masks(t_cells, [t_mask])
         pseudo, conf = pseudo_labels.run(Tensor(x_u))
-        ours = semi.run(Tensor(x_l), Tensor(y_l), Tensor(x_u), pseudo, conf, Tensor(boxes), Tensor(coords),
-                        steps.scalar(PERCENT), steps.scalar(decay)).asnumpy()
+        ours = semi.run(Tensor(x_l), Tensor(y_l), Tensor(x_u), pseudo, conf, Tensor(boxes), steps.scalar(PERCENT),
+                        steps.scalar(decay), ms.mutable((Tensor(coords),))).asnumpy()
         batch = (torch.from_numpy(x_l), torch.from_numpy(y_l).long(), torch.from_numpy(x_u), boxes,
                  torch.from_numpy(coords).long(), s_mask, t_mask)
         expected = torch_semi_iteration(torch_student, torch_teacher, torch_opt, batch, step, decay, unsup_type,

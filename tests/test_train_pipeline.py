@@ -9,7 +9,7 @@ from ms_semiseg.config import load_config
 from ms_semiseg.data.datasets import read_image
 from ms_semiseg.data.transforms import build_transform
 from ms_semiseg.errors import UserError
-from ms_semiseg.train.pipeline import (
+from ms_semiseg.engine.pipeline import (
     build_train_pipeline,
     check_train_crop,
     iterations_per_epoch,

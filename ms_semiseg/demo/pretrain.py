@@ -20,7 +20,9 @@ import os
 import sys
 
 from ..errors import UserError
-from .run import REPO_ROOT, failure_reason, repo_path, run_logged
+from .run import repo_path
+from .runs import failure_reason, run_logged
+from .specs import REPO_ROOT
 
 CONFIG = os.path.join(REPO_ROOT, "experiments", "demo", "source_pretrain", "config.yaml")
 DEFAULT_OUT = os.path.join("ckpt", "demo", "resnet18_source.ckpt")

@@ -10,7 +10,7 @@ learnable in the budget: 11.8 source mIoU after 900 iterations, docs/demo.md.)
 """
 import numpy as np
 
-from . import make_data as md
+from . import painter as md
 
 VERSION = 2  # bump whenever the source task's rendering changes (1: abstract shapes, not learnable in budget)
 ANY_COLOUR = [(200, 60, 60), (60, 160, 70), (60, 90, 200), (220, 200, 60), (150, 70, 170), (60, 180, 190),
@@ -86,7 +86,7 @@ def mushroom(rng):
             ([cap], md.shade(rng, [(200, 40, 30), (150, 90, 40)]), 0), (dots, md.shade(rng, [(245, 245, 245)]), 0)]
 
 
-# class name -> (max rotation in degrees, {mode name: builder}), the layout of make_data.CLASSES
+# class name -> (max rotation in degrees, {mode name: builder}), the layout of painter.CLASSES
 SOURCE_CLASSES = {name: (rotation, {"any": builder}) for name, rotation, builder in
                   [("flower", 15, flower), ("person", 8, person), ("boat", 8, boat), ("bird", 30, bird),
                    ("lamp", 5, lamp), ("bicycle", 10, bicycle), ("umbrella", 15, umbrella), ("mushroom", 8, mushroom)]}

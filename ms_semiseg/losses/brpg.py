@@ -12,7 +12,7 @@ from mindspore import ops
 import mindspore as ms
 
 from ms_semiseg.losses.ohem import IGNORE_INDEX, cross_entropy
-from ms_semiseg.models.layers import l2_normalize
+from ms_semiseg.models.layers import bilinear_at, l2_normalize, points_of_every_image
 
 _NO_PROTOTYPE = -2.0  # below any cosine: a masked slot never wins the max
 _NOT_CONFIDENT = 2.0  # above any uniform noise
@@ -45,41 +45,10 @@ def pseudo_threshold_at(iteration, iters_per_epoch, epochs, start, end, ramp_sta
 # ------------------------------------------------------------------------------------------------ sampling
 
 
-def _align_corners_taps(coords, in_size, out_size):
-    """Source taps of bilinear align_corners along one axis: (low, high, weight of high), float32 as torch."""
-    scale = float(in_size - 1) / float(out_size - 1) if out_size > 1 else 0.0
-    position = coords.astype(ms.float32) * scale
-    low = ops.floor(position)
-    weight = position - low
-    low = low.astype(ms.int32)
-    return low, ops.minimum(low + 1, in_size - 1), weight
-
-
-def bilinear_at(feat, batch, rows, cols, out_size):
-    """resize(feat, out_size, bilinear, align_corners=True)[batch, :, rows, cols] -> (N, D) without the resize.
-
-    feat (B, D, h, w); batch, rows, cols int32 (N,) (rows/cols in the out_size frame). Gradients reach `feat`."""
-    _, dim, height, width = feat.shape
-    table = feat.transpose(0, 2, 3, 1).reshape(-1, dim)
-    row0, row1, wy = _align_corners_taps(rows, height, out_size[0])
-    col0, col1, wx = _align_corners_taps(cols, width, out_size[1])
-    base = batch * (height * width)
-    wy, wx = wy.reshape(-1, 1), wx.reshape(-1, 1)
-
-    def tap(r, c):
-        return ops.gather(table, base + r * width + c, 0)
-
-    top = tap(row0, col0) * (1.0 - wx) + tap(row0, col1) * wx
-    bottom = tap(row1, col0) * (1.0 - wx) + tap(row1, col1) * wx
-    return top * (1.0 - wy) + bottom * wy
-
-
 def grid_samples(rep_l, label_l, coords):
     """Labeled samples: features (B*n, D) at grid `coords` int32 (n, 2) of the label frame, and their GT (255 kept)."""
     batch, height, width = label_l.shape
-    n = coords.shape[0]
-    images = ops.broadcast_to(ops.arange(0, batch, dtype=ms.int32).reshape(-1, 1), (batch, n)).reshape(-1)
-    rows, cols = ops.tile(coords[:, 0], (batch,)), ops.tile(coords[:, 1], (batch,))
+    images, rows, cols = points_of_every_image(batch, coords)
     feats = bilinear_at(rep_l, images, rows, cols, (height, width))
     target = ops.gather(label_l.reshape(-1), images * (height * width) + rows * width + cols, 0)
     return feats, target

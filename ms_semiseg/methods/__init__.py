@@ -4,22 +4,22 @@
 | --- | --- | --- |
 | supervised only | no `trainer.unsupervised` (or `trainer.sup_only_epoch >= trainer.epochs`) | `supervised.py` |
 | mean teacher (U2PL) | `trainer.unsupervised`, no `net.proto_head` | `mean_teacher.py` |
-| PCR | `trainer.unsupervised` and `net.proto_head` | `pcr.py` |
-| BRPG | `trainer.unsupervised` and `trainer.prototype` | `brpg.py` |
+| PCR | `trainer.unsupervised` and `net.proto_head` | `pcr/` (`step.py`: its training step) |
+| BRPG | `trainer.unsupervised` and `trainer.prototype` | `brpg/` (`step.py`: its training step) |
 
 docs/architecture.md shows where each part of an iteration lives.
 """
-from ..train.brpg_settings import brpg_enabled
+from .brpg.settings import brpg_enabled
 from .base import Method
 from .mean_teacher import MeanTeacher
-from .pcr import PCR
+from .pcr.method import PCR
 from .supervised import Supervised
 
 
 def method_class(cfg, plan):
     """The Method subclass the config and its plan (`train/plan.py`) ask for."""
     if brpg_enabled(cfg):  # first: its check_config names what BRPG is missing
-        from .brpg import BRPG  # imported here: BRPG's k-means (sklearn) costs ~1.5 s at every start-up
+        from .brpg.method import BRPG  # imported here: BRPG's k-means (sklearn) costs ~1.5 s at every start-up
         return BRPG
     if not plan.semi:
         return Supervised

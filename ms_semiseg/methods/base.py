@@ -4,15 +4,38 @@ The trainer owns the loop, the supervised step, the mean teacher's common part (
 view, CutMix boxes, the EMA decay, dropout masks) and the records. A method owns the rest, through these calls:
 
 - `graphs(...)` once, after the models and the optimizer exist: the compiled graphs of its semi-supervised step
-  ("semi step" (+ "semi step (accumulate)") and "teacher pseudo-labels");
+  ("semi step" (+ "semi step (accumulate)") and "teacher pseudo-labels"; `mean_teacher.py` builds them from the
+  method's `semi_step` and `teacher_graph`);
 - `begin_semi_phase(trainer)` before the first semi-supervised step (before teacher := student);
 - per semi-supervised iteration (epoch e, iteration i): `step_inputs(e, i)` -> the semi step graph ->
   `after_step(outputs, teacher_outputs, label_l, e, i)`, which returns the loss vector;
 - `checkpoint_arrays()` / `load_checkpoint_arrays(arrays, source)`: its own state in last.ckpt.
 """
-import numpy as np
+from typing import Any, NamedTuple
 
-ZERO_COORDS = np.zeros((1, 2), np.int32)  # the semi step's patch-pixel input of a method without PCR's head
+
+class TeacherOutputs(NamedTuple):
+    """The "teacher pseudo-labels" graph's result on the weak unlabeled view, named on the host."""
+    pseudo_label: Any  # int32 (B, H, W)
+    confidence: Any  # float32 (B, H, W)
+
+
+class SemiInputs(NamedTuple):
+    """The "semi step" graph's inputs (`MeanTeacherStep.construct`), in its order: named on the host, passed by
+    position (a graph takes tensors, not a NamedTuple)."""
+    image_l: Any  # float32 (B, 3, H, W)
+    label_l: Any  # int32 (B, H, W)
+    image_u: Any  # float32 (B, 3, H, W): the student's view (the strong one when the pipeline makes it)
+    pseudo_u: Any  # TeacherOutputs.pseudo_label
+    conf_u: Any  # TeacherOutputs.confidence
+    boxes: Any  # int32 (B, 4) CutMix boxes, all zero: unmixed
+    drop_percent: Any  # float32 scalar, entropy dropping's schedule
+    ema_decay: Any  # float32 scalar
+    extra: tuple = ()  # the method's own inputs (`Method.step_inputs`)
+
+    def arguments(self):
+        """The graph's positional arguments (`extra` is left out when empty: the graph's default)."""
+        return tuple(self[:-1]) + ((self.extra,) if len(self.extra) else ())
 
 
 def step_graphs(name, make, accumulation):
@@ -50,8 +73,8 @@ class Method:
         """Before the first semi-supervised step; `trainer`: the run (pair, files, data_root, skipped samples)."""
 
     def step_inputs(self, epoch, iteration):
-        """(coords, extra) of the semi step: PCR's patch pixels and a method's own inputs (a tuple)."""
-        return ZERO_COORDS, ()
+        """The semi step's `extra` input: the method's own per-step inputs (an `ms.mutable` tuple), or ()."""
+        return ()
 
     def after_step(self, outputs, teacher_outputs, label_l, epoch, iteration):
         """The semi step's loss vector from its outputs (a method may use them first)."""

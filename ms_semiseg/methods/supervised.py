@@ -1,5 +1,5 @@
 """Supervised only: no `trainer.unsupervised` section (or `sup_only_epoch >= epochs`). The trainer's supervised step
-(`train/steps.py` SupervisedStep) is the whole method; nothing is added."""
+(`engine/steps.py` SupervisedStep) is the whole method; nothing is added."""
 from .base import Method
 
 

@@ -6,6 +6,7 @@ of the model is built through these helpers so the parameter names, shapes and i
 """
 import math
 
+import mindspore as ms
 from mindspore import nn, ops
 from mindspore.common.initializer import HeNormal, HeUniform, Uniform
 
@@ -91,6 +92,44 @@ class GlobalAvgPool(nn.Cell):
 def resize_bilinear(x, size):
     """F.interpolate(x, size, mode='bilinear', align_corners=True): the only resize used inside the model."""
     return ops.interpolate(x, size=tuple(size), mode="bilinear", align_corners=True)
+
+
+def _align_corners_taps(coords, in_size, out_size):
+    """Source taps of bilinear align_corners along one axis: (low, high, weight of high), float32 as torch."""
+    scale = float(in_size - 1) / float(out_size - 1) if out_size > 1 else 0.0
+    position = coords.astype(ms.float32) * scale
+    low = ops.floor(position)
+    weight = position - low
+    low = low.astype(ms.int32)
+    return low, ops.minimum(low + 1, in_size - 1), weight
+
+
+def bilinear_at(feat, batch, rows, cols, out_size):
+    """resize_bilinear(feat, out_size)[batch, :, rows, cols] -> (N, D) without the resize: the one point sampler of
+    the training losses (PCR's patch pixels, BRPG's grid and confident pixels).
+
+    feat (B, D, h, w); batch, rows, cols int32 (N,) (rows/cols in the out_size frame). Gradients reach `feat`."""
+    _, dim, height, width = feat.shape
+    table = feat.transpose(0, 2, 3, 1).reshape(-1, dim)
+    row0, row1, wy = _align_corners_taps(rows, height, out_size[0])
+    col0, col1, wx = _align_corners_taps(cols, width, out_size[1])
+    base = batch * (height * width)
+    wy, wx = wy.reshape(-1, 1), wx.reshape(-1, 1)
+
+    def tap(r, c):
+        return ops.gather(table, base + r * width + c, 0)
+
+    top = tap(row0, col0) * (1.0 - wx) + tap(row0, col1) * wx
+    bottom = tap(row1, col0) * (1.0 - wx) + tap(row1, col1) * wx
+    return top * (1.0 - wy) + bottom * wy
+
+
+def points_of_every_image(batch, coords):
+    """(image index, row, col), int32 (B*N,) each, image-major: the same N pixels coords int32 (N, 2) in each of
+    `batch` images."""
+    count = coords.shape[0]
+    images = ops.broadcast_to(ops.arange(0, batch, dtype=ms.int32).reshape(-1, 1), (batch, count)).reshape(-1)
+    return images, ops.tile(coords[:, 0], (batch,)), ops.tile(coords[:, 1], (batch,))
 
 
 def l2_normalize(x, axis):

@@ -6,11 +6,11 @@ from mindspore import Tensor
 from ..config import net_config
 from ..models import create_model
 from ..utils.checkpoint import compare_to_model, model_shapes, read_checkpoint, strip_prefix
-from .distributed import broadcast_parameters, freeze_batch_norm, freeze_bn_requested, use_sync_bn
-from .ema import ema_parameter_pairs
-from .masks import install_host_dropout
+from ..engine.distributed import broadcast_parameters, freeze_batch_norm, freeze_bn_requested, use_sync_bn
+from ..engine.ema import ema_parameter_pairs
+from ..engine.masks import install_host_dropout
 from .records import say
-from .steps import MeanTeacherPair
+from ..engine.steps import MeanTeacherPair
 
 
 def encoder_stage(name):

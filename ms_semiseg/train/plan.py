@@ -3,22 +3,14 @@ or written (`plan_from_config`), and the data checks made before the first outpu
 import os
 from dataclasses import dataclass
 
-from ..config import get, resolve_path
+from ..config import get, number as _number, resolve_path
 from ..data.datasets import build_dataset
 from ..errors import UserError
-from .pipeline import check_train_crop, iterations_per_epoch, on_bad_image, patch_select_granularity, train_readers
-from .steps import CONFIDENCE, ENTROPY_DROP, LossSettings
+from ..engine.pipeline import check_train_crop, iterations_per_epoch, on_bad_image, patch_select_granularity, train_readers
+from ..engine.optim import OptimizerSettings, optimizer_settings
+from ..engine.steps import CONFIDENCE, ENTROPY_DROP, LossSettings
 
 DEFAULT_LOG_INTERVAL = 10
-
-
-def _number(cfg, key, default, low=None, high=None, kind=float):
-    value = get(cfg, key, default)
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and (kind is float or value == int(value))
-    if not ok or (low is not None and value < low) or (high is not None and value > high):
-        bounds = f" in [{low}, {high}]" if high is not None else (f" >= {low}" if low is not None else "")
-        raise UserError(f"{key}: {value!r} is not valid, expected {'an int' if kind is int else 'a number'}{bounds}")
-    return kind(value)
 
 
 @dataclass(frozen=True)
@@ -32,6 +24,7 @@ class TrainPlan:
     use_proto: bool
     granularity: int
     losses: LossSettings
+    optimizer: OptimizerSettings
     ema_decay: float
     drop_percent: float
     cutmix: bool
@@ -177,7 +170,7 @@ def plan_from_config(cfg, world_size=1):
     return TrainPlan(
         epochs=epochs, sup_only_epoch=min(sup_only_epoch, epochs), semi=semi, batch_size=batch_size,
         crop=check_train_crop(cfg), use_proto=use_proto, granularity=_granularity(cfg, use_proto),
-        losses=loss_settings(cfg), ema_decay=_number(cfg, "net.ema_decay", 0.99, 0.0, 1.0),
+        losses=loss_settings(cfg), optimizer=optimizer_settings(cfg), ema_decay=_number(cfg, "net.ema_decay", 0.99, 0.0, 1.0),
         drop_percent=_number(cfg, "trainer.unsupervised.drop_percent", 100, 0.0, 100.0),
         cutmix=semi and _cutmix(cfg), log_interval=_number(cfg, "trainer.log_interval", DEFAULT_LOG_INTERVAL, 1,
                                                            kind=int),

@@ -14,8 +14,8 @@ from tqdm import tqdm
 from ..config import get
 from ..errors import UserError
 from ..utils.atomic import write_bytes_atomic, write_text_atomic
-from .distributed import main_process_only
-from .state import read_meta
+from ..engine.distributed import main_process_only
+from ..engine.state import read_meta
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 LOG_COLUMNS = ("epoch", "iteration", "step", "phase", "loss", "sup", "unsup", "proto", "lr", "lr_decoder",

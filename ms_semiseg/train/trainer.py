@@ -25,22 +25,22 @@ from ..errors import UserError
 from ..eval import IoUAccumulator, center_crop, to_class_map
 from ..losses import drop_percent_schedule, supervised_criterion
 from ..methods import build_method, method_class
-from ..methods.base import step_graphs
+from ..methods.base import SemiInputs, step_graphs
 from ..utils.atomic import cleanup_stale_temps, ensure_writable_dir
 from ..utils.lock import FolderLock
 from .build import build_pair, copy_parameters, ema_pairs
-from .distributed import (context, dump_rank_parameters, is_main_process, main_process_only,
+from ..engine.distributed import (context, dump_rank_parameters, is_main_process, main_process_only,
                           merged_iou, requested_world_size, start as start_data_parallel, sync_replicas)
-from .ema import EMAUpdate, ema_decay
+from ..engine.ema import EMAUpdate, ema_decay
 from .interrupt import StopRequest, resume_command
-from .masks import (CUTMIX, STUDENT_DROPOUT, TEACHER_DROPOUT, cutmix_boxes, dropout_keep_masks, load_dropout_masks,
-                    step_rng)
-from .optim import build_optimizer, decoder_lr_times, optimizer_settings, poly_lr_at
-from .pipeline import SkippedSamples, build_train_pipeline
+from ..engine.masks import cutmix_boxes, dropout_keep_masks, load_dropout_masks
+from ..engine.optim import build_optimizer
+from ..engine.pipeline import SkippedSamples, build_train_pipeline
+from ..engine.seeds import Stream, stream_rng
 from .plan import check_data, plan_from_config, pretrained_path, val_dataset
 from .records import RunFiles, StepLog, TrainingDiverged, plot_curves, resume_seed, save_run_config, say
-from .state import load_training_state, save_model, save_training_state
-from .steps import Predictor, SumBuffers, SupervisedStep, scalar
+from ..engine.state import load_training_state, save_model, save_training_state
+from ..engine.steps import Predictor, SumBuffers, SupervisedStep, scalar
 # re-exported: the names other modules, tests and scripts import from here
 from .build import load_pretrained  # noqa: F401
 from .plan import DEFAULT_LOG_INTERVAL, GlobalBatch, TrainPlan, global_batch, loss_settings  # noqa: F401
@@ -60,7 +60,7 @@ class Trainer:
         self.dist = context()
         ms.set_seed(seed)
         self.pair, self.student_drop, self.teacher_drop = build_pair(cfg, plan, None if resume else pretrained)
-        self.optimizer = build_optimizer(cfg, self.pair.student.trainable_params(), plan.total_updates,
+        self.optimizer = build_optimizer(plan.optimizer, self.pair.student.trainable_params(), plan.total_updates,
                                          model_prefix="student.", lr_scale=plan.batch.lr_scale)
         criterion = supervised_criterion(cfg)
         self.method = build_method(cfg, plan, seed, self.pair.student)  # supervised, mean teacher, PCR or BRPG
@@ -166,8 +166,8 @@ class Trainer:
     # --------------------------------------------------------------------------------------------- iterations
 
     def _load_dropout_masks(self, epoch, iteration):
-        for cells, purpose in ((self.student_drop, STUDENT_DROPOUT), (self.teacher_drop, TEACHER_DROPOUT)):
-            load_dropout_masks(cells, dropout_keep_masks(step_rng(self.seed, epoch, iteration, purpose), cells,
+        for cells, stream in ((self.student_drop, Stream.STUDENT_DROPOUT), (self.teacher_drop, Stream.TEACHER_DROPOUT)):
+            load_dropout_masks(cells, dropout_keep_masks(stream_rng(stream, self.seed, epoch, iteration), cells,
                                                          self.dist.row_shard(self.plan.batch_size)))
 
     def supervised_iteration(self, batch, epoch, iteration):
@@ -177,33 +177,31 @@ class Trainer:
 
     def semi_iteration(self, batch, epoch, iteration):
         plan = self.plan
-        coords, extra = self.method.step_inputs(epoch, iteration)  # PCR's patch pixels; BRPG clusters when due
+        extra = self.method.step_inputs(epoch, iteration)  # PCR's patch pixels; BRPG clusters when due
         image_u = Tensor(batch["image_u"])
-        teacher = self._call("teacher pseudo-labels", image_u)
-        pseudo, confidence = teacher[0], teacher[1]
+        teacher = self._call("teacher pseudo-labels", image_u)  # a TeacherOutputs (BRPG: with its features)
         height, width = plan.crop
         boxes = np.zeros((plan.batch_size, 4), np.int32)
         if plan.cutmix:
-            boxes = cutmix_boxes(step_rng(self.seed, epoch, iteration, CUTMIX), plan.batch_size * self.dist.world_size,
-                                 height, width)[self.dist.local_rows(plan.batch_size)]
+            boxes = cutmix_boxes(stream_rng(Stream.CUTMIX, self.seed, epoch, iteration),
+                                 plan.batch_size * self.dist.world_size, height, width)[self.dist.local_rows(plan.batch_size)]
         # the teacher ramp counts updates (U2PL counts iterations: one update each)
         decay = ema_decay(self.global_step(epoch, iteration) // plan.accumulation,
                           plan.warmup_steps // plan.accumulation, plan.ema_decay)
         self._load_dropout_masks(epoch, iteration)
-        # the student (and the teacher's entropy forward) get the strong view when the pipeline makes one
-        student_u = Tensor(batch["image_u_strong"]) if "image_u_strong" in batch else image_u
-        outputs = self._call(self._step_graph("semi step", iteration), Tensor(batch["image_l"]),
-                             Tensor(batch["label_l"]), student_u, pseudo, confidence, Tensor(boxes), Tensor(coords),
-                             scalar(drop_percent_schedule(plan.drop_percent, epoch, plan.epochs)), scalar(decay),
-                             *extra)
+        inputs = SemiInputs(
+            image_l=Tensor(batch["image_l"]), label_l=Tensor(batch["label_l"]),
+            # the student (and the teacher's entropy forward) get the strong view when the pipeline makes one
+            image_u=Tensor(batch["image_u_strong"]) if "image_u_strong" in batch else image_u,
+            pseudo_u=teacher.pseudo_label, conf_u=teacher.confidence, boxes=Tensor(boxes),
+            drop_percent=scalar(drop_percent_schedule(plan.drop_percent, epoch, plan.epochs)), ema_decay=scalar(decay),
+            extra=extra)
+        outputs = self._call(self._step_graph("semi step", iteration), *inputs.arguments())
         return self.method.after_step(outputs, teacher, batch["label_l"], epoch, iteration)  # BRPG's CPG sampling
 
     def _lrs(self, step):
-        base, _, _, power = optimizer_settings(self.cfg)
-        base *= self.plan.batch.lr_scale
-        update = step // self.plan.accumulation
-        return tuple(poly_lr_at(base * times, update, self.plan.total_updates, power)
-                     for times in (1, decoder_lr_times(self.cfg)))
+        plan = self.plan
+        return plan.optimizer.lrs_at(step // plan.accumulation, plan.total_updates, plan.batch.lr_scale)
 
     def run_epoch(self, epoch, start_iteration):
         plan = self.plan
@@ -378,7 +376,7 @@ def _train(args, cfg, plan, files, seed, pretrained, data_root, resume, device, 
     devices = f" x {world_size} devices" if world_size > 1 else ""
     say(f"{method_class(cfg, plan).title} on {device}: {plan.epochs} epochs x {plan.iterations} iterations, batch {plan.batch_size}{devices}, "
         f"crop {plan.crop[0]}x{plan.crop[1]}, seed {seed} -> {files.work_dir}")
-    say(plan.batch.describe(plan.semi, optimizer_settings(cfg)[0]))
+    say(plan.batch.describe(plan.semi, plan.optimizer.lr))
     if not pretrained and not resume:
         say("note: no --pretrained backbone (nor saver.pretrain): the encoder starts from random weights; U2PL/PCR "
             "start from ImageNet (convert one with `python -m convert pth2ckpt`)")

@@ -6,8 +6,8 @@ Unknown keys are errors, so a typo cannot silently fall back to a default.
 """
 from dataclasses import dataclass, fields
 
-from ..config import get
-from ..errors import UserError
+from ...config import check, get, is_number
+from ...errors import UserError
 
 SECTION = "trainer.prototype"
 FIX, CSP = "fix", "csp"
@@ -140,12 +140,8 @@ class BRPGSettings:
             raise UserError("net.decoder.kwargs.rep_head: BRPG samples the 256-d representation head, expected True")
 
 
-def _is_number(value):
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
 def _prob(value):
-    return _is_number(value) and 0.0 <= value <= 1.0
+    return is_number(value) and 0.0 <= value <= 1.0
 
 
 def _choice(*options):
@@ -155,8 +151,8 @@ def _choice(*options):
 _INT_POS = (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1), "an integer >= 1"
 _INT_NONNEG = (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0), "an integer >= 0"
 _PROB = _prob, "a number in [0, 1]"
-_POSITIVE = (lambda v: _is_number(v) and v > 0), "a number > 0"
-_NONNEG = (lambda v: _is_number(v) and v >= 0), "a number >= 0"
+_POSITIVE = (lambda v: is_number(v) and v > 0), "a number > 0"
+_NONNEG = (lambda v: is_number(v) and v >= 0), "a number >= 0"
 _BOOL = (lambda v: isinstance(v, bool)), "true or false"
 _NULLABLE_PROB = (lambda v: v is None or _prob(v)), "null or a number in [0, 1]"
 
@@ -188,6 +184,4 @@ _CHECKS = {
 
 def _check(name, value):
     predicate, expected = _CHECKS[name]
-    if not predicate(value):
-        raise UserError(f"{SECTION}.{name}={value!r}: invalid, expected {expected}")
-    return value
+    return check(f"{SECTION}.{name}", value, predicate(value), expected)

@@ -10,8 +10,8 @@ import numpy as np
 from sklearn.cluster import MiniBatchKMeans
 from sklearn.exceptions import ConvergenceWarning
 
-from ..errors import UserError
-from .brpg_settings import ERROR, PROB, SECTION
+from ...errors import UserError
+from .settings import ERROR, PROB, SECTION
 
 KMEANS_0_20_DEFAULTS = {"init": "k-means++", "max_iter": 100, "batch_size": 100, "verbose": 0,
                         "compute_labels": True, "tol": 0.0, "max_no_improvement": 10, "init_size": None,

@@ -34,14 +34,14 @@ import threading
 import mindspore.dataset as ds
 import numpy as np
 
-from ms_semiseg.config import get, resolve_path
+from ms_semiseg.config import check, get, resolve_path
 from ms_semiseg.data.datasets import build_dataset, derive_unlabeled_list, read_split_list
 from ms_semiseg.data.transforms import build_transform, strong_view, strong_view_enabled
 from ms_semiseg.errors import MarkedUserError, UserError, user_error_in
 
+from .seeds import Stream, stream_rng
+
 LABELED_STREAM, UNLABELED_STREAM = 0, 1
-_PERMUTATION, _AUGMENTATION = 0, 1
-_STRONG_VIEW_TAG = 0x5770
 DEFAULT_WORKERS = 2  # U2PL's `dataset.workers` default
 # Threads, not processes: on the 2-core CPU box (375x500 JPEG pairs, crop 321, batch 2, 2 workers) threads gave
 # 36-39 pairs/s and processes 28-34 (they pickle the source, start a pool per epoch and copy rows through shared
@@ -49,11 +49,6 @@ DEFAULT_WORKERS = 2  # U2PL's `dataset.workers` default
 PYTHON_MULTIPROCESSING = False
 DEFAULT_GRANULARITY = 32
 ON_BAD_IMAGE = ("error", "skip")
-
-
-def _rng(seed, epoch, stream, purpose, position=0):
-    """A Generator per (seed, epoch, stream, purpose, position); the fixed key length keeps keys distinct."""
-    return np.random.default_rng([seed, epoch, stream, purpose, position])
 
 
 # ----------------------------------------------------------------------------------------------------- config
@@ -181,9 +176,7 @@ def _registered_skipped(key):
 
 
 def _positive_int(value, key):
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise UserError(f"{key}: {value!r} is not valid, expected a positive int")
-    return value
+    return check(key, value, not isinstance(value, bool) and isinstance(value, int) and value >= 1, "a positive int")
 
 
 # ------------------------------------------------------------------------------------------------ composition
@@ -235,7 +228,7 @@ class _EpochSource:
     def _augmented(self, stream, position):
         dataset = self.labeled if stream == LABELED_STREAM else self.unlabeled
         image, label = self._read(dataset, int(self.orders[stream][position]))
-        rng = _rng(self.seed, self.epoch, stream, _AUGMENTATION, position)
+        rng = stream_rng(Stream.AUGMENTATION, self.seed, self.epoch, stream, position)
         return self.transform(image, label, rng)
 
     def _read(self, dataset, index):
@@ -269,9 +262,7 @@ class _EpochSource:
         return row
 
     def _strong_view(self, weak, position):
-        # a key one field longer than `_rng`'s, ending non-zero: numpy ignores trailing zeros in seed keys
-        rng = np.random.default_rng([self.seed, self.epoch, UNLABELED_STREAM, _AUGMENTATION, position,
-                                     _STRONG_VIEW_TAG])
+        rng = stream_rng(Stream.STRONG_VIEW, self.seed, self.epoch, position)
         return strong_view(weak, self.transform.mean, self.transform.std, rng)
 
 
@@ -289,7 +280,7 @@ def _epoch_orders(per_run_entries, seed, epoch):
     """{stream: dataset index at each epoch position}: the per-run entries shuffled by (seed, epoch, stream)."""
     orders = {}
     for stream, entries in per_run_entries.items():
-        permutation = _rng(seed, epoch, stream, _PERMUTATION).permutation(len(entries))
+        permutation = stream_rng(Stream.PERMUTATION, seed, epoch, stream).permutation(len(entries))
         orders[stream] = np.asarray(entries, dtype=np.int64)[permutation]
     return orders
 

@@ -13,8 +13,8 @@ import numpy as np
 from mindspore import Parameter, Tensor, nn, ops
 import mindspore as ms
 
-from ..losses.ohem import IGNORE_INDEX
-from .brpg_settings import CSP
+from ...losses.ohem import IGNORE_INDEX
+from .settings import CSP
 
 HIGH, LOW = 0, 1
 _NOT_ELIGIBLE = 1e30  # key of pixels that must not be chosen (real keys stay below ~1e8)

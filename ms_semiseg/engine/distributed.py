@@ -25,7 +25,7 @@ import numpy as np
 import mindspore as ms
 from mindspore import Tensor, nn, ops
 
-from ..config import get
+from ..config import check, get
 from ..errors import UserError
 
 MSRUN_ROLE_ENV = "MS_ROLE"  # set by msrun for its scheduler (MS_SCHED) and workers (MS_WORKER)
@@ -140,8 +140,7 @@ def start(device=None, expected_world_size=None):
 
 def freeze_bn_requested(cfg):
     value = get(cfg, "trainer.freeze_bn", False)
-    if not isinstance(value, bool):
-        raise UserError(f"trainer.freeze_bn: {value!r} is not valid, expected true or false")
+    check("trainer.freeze_bn", value, isinstance(value, bool), "true or false")
     return value
 
 

@@ -9,10 +9,12 @@ MindSpore differences handled here:
   weight_decay it leaves at 0; `fuse_weight_decay` moves the decay into the SGD kernel (same bits, measured:
   docs/performance_profile.md), a third of the optimizer's kernel launches and memory passes.
 """
+from dataclasses import dataclass
+
 from mindspore import nn
 from mindspore import ops
 
-from ..config import get
+from ..config import check, get, is_number
 from ..errors import UserError
 
 ENCODER_PREFIX = "encoder."
@@ -35,14 +37,28 @@ def decoder_lr_times(cfg):
     times = get(cfg, "trainer.decoder_lr_times")
     if times is None:
         return DECODER_LR_TIMES_PASCAL if "pascal" in str(get(cfg, "dataset.type", "")) else 1
-    if isinstance(times, bool) or not isinstance(times, (int, float)) or times <= 0:
-        raise UserError(f"trainer.decoder_lr_times: {times!r}, expected a positive number (the decoder's lr / "
-                        "the encoder's; default 10 for pascal datasets, 1 otherwise)")
+    check("trainer.decoder_lr_times", times, is_number(times) and times > 0,
+          "a positive number (the decoder's lr / the encoder's; default 10 for pascal datasets, 1 otherwise)")
     return float(times)
 
 
+@dataclass(frozen=True)
+class OptimizerSettings:
+    """The optimizer and LR schedule of a run, validated once at start-up (`optimizer_settings`)."""
+    lr: float  # the config's base lr (before trainer.lr_scaling)
+    momentum: float
+    weight_decay: float
+    power: float  # of the poly schedule
+    decoder_lr_times: float  # the decoder's lr / the encoder's
+
+    def lrs_at(self, update, total_updates, lr_scale=1.0):
+        """(encoder lr, decoder lr) of optimizer update `update` (what the graph's LR lists hold)."""
+        return tuple(poly_lr_at(self.lr * lr_scale * times, update, total_updates, self.power)
+                     for times in (1, self.decoder_lr_times))
+
+
 def optimizer_settings(cfg):
-    """(lr, momentum, weight_decay, poly power) from `trainer.optimizer` / `trainer.lr_scheduler`."""
+    """OptimizerSettings from `trainer.optimizer`, `trainer.lr_scheduler` and `trainer.decoder_lr_times`."""
     opt_type = get(cfg, "trainer.optimizer.type", "SGD")
     if opt_type != "SGD":
         raise UserError(f"trainer.optimizer.type: {opt_type!r} is not supported, expected 'SGD'")
@@ -59,9 +75,9 @@ def optimizer_settings(cfg):
     values = {"lr": kwargs["lr"], "momentum": kwargs.get("momentum", 0.9),
               "weight_decay": kwargs.get("weight_decay", 0.0), "power": power}
     for key, value in values.items():
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-            raise UserError(f"trainer.optimizer.kwargs.{key}: {value!r} is not valid, expected a number >= 0")
-    return float(values["lr"]), float(values["momentum"]), float(values["weight_decay"]), float(values["power"])
+        check(f"trainer.optimizer.kwargs.{key}", value, is_number(value) and value >= 0, "a number >= 0")
+    return OptimizerSettings(float(values["lr"]), float(values["momentum"]), float(values["weight_decay"]),
+                             float(values["power"]), decoder_lr_times(cfg))
 
 
 def split_encoder_decoder(params, model_prefix=""):
@@ -106,10 +122,11 @@ def fuse_weight_decay(optimizer):
     return optimizer
 
 
-def build_optimizer(cfg, params, total_steps, model_prefix="", lr_scale=1.0):
-    """`total_steps` optimizer updates; `lr_scale` multiplies the config's lr (trainer.lr_scaling)."""
-    lr, momentum, weight_decay, power = optimizer_settings(cfg)
-    return build_sgd(params, lr * lr_scale, total_steps, momentum, weight_decay, power, decoder_lr_times(cfg), model_prefix)
+def build_optimizer(settings, params, total_steps, model_prefix="", lr_scale=1.0):
+    """`settings`: OptimizerSettings; `total_steps` optimizer updates; `lr_scale` multiplies the config's lr
+    (trainer.lr_scaling)."""
+    return build_sgd(params, settings.lr * lr_scale, total_steps, settings.momentum, settings.weight_decay,
+                     settings.power, settings.decoder_lr_times, model_prefix)
 
 
 def optimizer_state(optimizer):

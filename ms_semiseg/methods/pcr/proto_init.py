@@ -29,7 +29,9 @@ from ms_semiseg.device import set_device
 from ms_semiseg.errors import UserError
 from ms_semiseg.models import create_model
 from ms_semiseg.models.layers import resize_bilinear
-from ms_semiseg.train.pipeline import DEFAULT_GRANULARITY, on_bad_image, train_readers
+from ms_semiseg.engine.masks import patch_cells
+from ms_semiseg.engine.seeds import Stream, stream_rng
+from ms_semiseg.engine.pipeline import DEFAULT_GRANULARITY, on_bad_image, train_readers
 from ms_semiseg.utils.atomic import write_bytes_atomic
 from ms_semiseg.utils.checkpoint import load_into_model, model_shapes, read_checkpoint, strip_prefix
 
@@ -51,8 +53,7 @@ def select_patch_pixels(height, width, granularity, rng):
     """Flat indices of one uniformly random pixel per cell of a granularity x granularity grid (spec C.2: cell
     side = size // G, the remainder rows/columns are never picked; a side shorter than G uses 1-pixel cells)."""
     def one_axis(size):
-        cell = max(size // granularity, 1)
-        starts = np.arange(min(granularity, size)) * cell
+        starts, cell = patch_cells(size, granularity)
         return starts + rng.integers(0, cell, size=starts.size)
 
     rows, cols = one_axis(height), one_axis(width)
@@ -105,8 +106,8 @@ def collect_class_features(model, dataset_iter, num_classes, per_class_cap, seed
     normalised image, (H,W) integer label) pairs. Pixels of ignore_label are skipped; a label value outside
     0..num_classes-1 is an error.
     """
-    rng = np.random.default_rng([seed, 0])
-    reservoir = _ClassReservoir(num_classes, per_class_cap, np.random.default_rng([seed, 1]))
+    rng = stream_rng(Stream.PROTO_INIT_PIXELS, seed)
+    reservoir = _ClassReservoir(num_classes, per_class_cap, stream_rng(Stream.PROTO_INIT_RESERVOIR, seed))
     dim = None
     was_training = model.training
     model.set_train(False)

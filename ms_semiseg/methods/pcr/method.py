@@ -1,9 +1,8 @@
 """PCR: the mean teacher plus the prototype head (`net.proto_head`). What it adds to `mean_teacher.py`:
-- the step's prototype loss on one pixel per patch and the prototype momentum update (`SemiStep` with
-  `use_proto`, `train/steps.py`: `student_loss`, `proto_targets`, `update_prototypes`), summed over the
-  micro-batches of an update with gradient accumulation;
-- the patch pixels of each step (`train/masks.py` `patch_select_coords`, its own seed stream);
-- the prototypes' initialisation before the first semi-supervised step (`train/proto_init.py`: k-means on the
+- the step's prototype loss on one pixel per patch and the prototype momentum update (`step.py` `PCRStep`, which
+  lists the whole step top to bottom), summed over the micro-batches of an update with gradient accumulation;
+- the patch pixels of each step (`engine/masks.py` `patch_select_coords`, its own seed stream);
+- the prototypes' initialisation before the first semi-supervised step (`proto_init.py`: k-means on the
   student's features, or `net.proto_head.init_proto_path`), written to `prototypes_init.pickle`;
 - the prototype head's validation mIoU next to the linear head's.
 """
@@ -12,13 +11,16 @@ import time
 
 import mindspore as ms
 import numpy as np
+from mindspore import Tensor
 
-from ..config import get, resolve_path
-from ..train.distributed import broadcast_array, main_process_only
-from ..train.masks import PATCH_SELECT, patch_select_coords, step_rng
-from ..train.proto_init import init_prototypes, load_proto_pickle, proto_settings, save_proto_pickle
-from ..train.records import say
-from .mean_teacher import MeanTeacher
+from ...config import get, resolve_path
+from ...engine.distributed import broadcast_array, main_process_only
+from ...engine.masks import patch_select_coords
+from ...engine.seeds import Stream, stream_rng
+from ...train.records import say
+from ..mean_teacher import MeanTeacher
+from .proto_init import init_prototypes, load_proto_pickle, proto_settings, save_proto_pickle
+from .step import PCRStep
 
 PROTOTYPES_FILE = "prototypes_init.pickle"
 
@@ -31,10 +33,14 @@ class PCR(MeanTeacher):
         bank = pair.student.proto_net.proto_list
         return [bank.shape, bank.shape[:1]]  # the prototype sums and counts
 
+    def semi_step(self, pair, optimizer, criterion, ema, sums, **kw):
+        return PCRStep(pair, optimizer, criterion, self.plan.losses, ema, sums["grads"], sums["stats"], **kw)
+
     def step_inputs(self, epoch, iteration):
-        coords = patch_select_coords(step_rng(self.seed, epoch, iteration, PATCH_SELECT), self.plan.crop[0],
+        """The step's patch pixels (`PCRStep`'s `extra`)."""
+        coords = patch_select_coords(stream_rng(Stream.PATCH_SELECT, self.seed, epoch, iteration), self.plan.crop[0],
                                      self.plan.granularity)
-        return coords, ()
+        return ms.mutable((Tensor(coords),))
 
     def begin_semi_phase(self, trainer):
         """Prototype initialisation (spec C.1), before teacher := student."""

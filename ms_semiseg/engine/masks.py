@@ -1,21 +1,17 @@
 """Random masks of a training step: drawn on the host from seeded numpy Generators, applied inside the graph.
 
-Every random choice of an iteration (CutMix boxes, the patch-select pixels, dropout masks) comes from
-`step_rng(seed, epoch, iteration, purpose)`, so a resumed epoch replays the same randomness, and the compiled step
-only sees fixed-shape tensors: CutMix boxes as coordinates, selected pixels as int coordinates (both step inputs),
-dropout as keep masks written into the models' mask parameters before the step.
+Every random choice of an iteration (CutMix boxes, the patch-select pixels, dropout masks) comes from its own
+stream, `seeds.stream_rng(stream, seed, epoch, iteration)`, so a resumed epoch replays the same randomness, and the
+compiled step only sees fixed-shape tensors: CutMix boxes as coordinates, selected pixels as int coordinates (both
+step inputs), dropout as keep masks written into the models' mask parameters before the step.
 """
 import numpy as np
 from mindspore import Parameter, Tensor, nn, ops
 import mindspore as ms
 
-# purposes of `step_rng` (a fixed key length keeps the Generator keys distinct)
-CUTMIX, PATCH_SELECT, STUDENT_DROPOUT, TEACHER_DROPOUT = 0, 1, 2, 3
+from ..models.layers import bilinear_at, points_of_every_image
+
 CUTMIX_PROB = 0.5  # U2PL: `np.random.uniform(0, 1) < 0.5` once per batch
-
-
-def step_rng(seed, epoch, iteration, purpose):
-    return np.random.default_rng([seed, epoch, iteration, purpose])
 
 
 # ------------------------------------------------------------------------------------------------------- CutMix
@@ -70,43 +66,31 @@ def mix_with_next(x, keep):
 # ------------------------------------------------------------------------------------------------ patch select
 
 
+def patch_cells(size, granularity):
+    """(start of each patch along one axis, patch side) of spec C.2: side = size // G, so the remainder rows or
+    columns are never picked; a side shorter than G gets 1-pixel patches."""
+    side = max(size // granularity, 1)
+    return np.arange(min(granularity, size), dtype=np.int64) * side, side
+
+
 def patch_select_coords(rng, size, granularity):
     """int32 (G*G, 2) pixel coordinates (row, col) of spec C.2: one uniformly random pixel in each cell of a
-    G x G grid of patch = size // G pixels, patches in row-major order; shared by every image of the batch."""
-    patch = size // granularity
-    starts = np.arange(granularity, dtype=np.int64) * patch
-    offsets = rng.integers(0, patch, size=(granularity, granularity, 2))
+    G x G grid of patch = size // G pixels, patches in row-major order; shared by every image of the batch.
+    (PCR's prototype initialisation, `methods/pcr/proto_init.py`, uses the same cells but draws one offset per
+    grid row and per grid column, as it always has: changing either draw would change every later number.)"""
+    starts, patch = patch_cells(size, granularity)
+    offsets = rng.integers(0, patch, size=(starts.size, starts.size, 2))
     rows = starts[:, None] + offsets[..., 0]
     cols = starts[None, :] + offsets[..., 1]
     return np.stack((rows, cols), axis=-1).reshape(-1, 2).astype(np.int32)
 
 
-def _source_taps(coords, in_size, out_size):
-    """Bilinear align_corners taps along one axis: (low index, high index, weight of high) as graph tensors."""
-    scale = float(in_size - 1) / float(out_size - 1) if out_size > 1 else 0.0
-    position = coords.astype(ms.float32) * scale
-    low = ops.floor(position)
-    weight = position - low
-    low = low.astype(ms.int32)
-    high = ops.minimum(low + 1, in_size - 1)
-    return low, high, weight
-
-
 def sample_bilinear_align_corners(feat, coords, out_size):
-    """Value of `resize(feat, out_size, bilinear, align_corners=True)` at pixel `coords`, without the resize.
-
-    feat (B, D, h, w); coords int32 (N, 2) (row, col) in the out_size frame -> (B, N, D)."""
-    batch, dim, height, width = feat.shape
-    row0, row1, wy = _source_taps(coords[:, 0], height, out_size[0])
-    col0, col1, wx = _source_taps(coords[:, 1], width, out_size[1])
-    flat = feat.reshape(batch, dim, height * width)
-
-    def tap(rows, cols):
-        return ops.gather(flat, rows * width + cols, 2)  # (B, D, N)
-
-    top = tap(row0, col0) * (1.0 - wx) + tap(row0, col1) * wx
-    bottom = tap(row1, col0) * (1.0 - wx) + tap(row1, col1) * wx
-    return (top * (1.0 - wy) + bottom * wy).transpose(0, 2, 1)
+    """Value of `resize(feat, out_size, bilinear, align_corners=True)` at pixel `coords` of every image, without the
+    resize: feat (B, D, h, w); coords int32 (N, 2) (row, col) in the out_size frame -> (B, N, D)."""
+    batch, dim = feat.shape[0], feat.shape[1]
+    feats = bilinear_at(feat, *points_of_every_image(batch, coords), out_size)
+    return feats.reshape(batch, coords.shape[0], dim)
 
 
 def gather_pixels(maps, coords):

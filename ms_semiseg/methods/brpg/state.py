@@ -13,14 +13,14 @@ import numpy as np
 from mindspore import Parameter, Tensor, nn, ops
 import mindspore as ms
 
-from ..config import get
-from ..errors import UserError
-from ..losses.brpg import (confident_samples, grid_coords, grid_samples, masked_class_scores, prototype_loss,
+from ...config import get
+from ...errors import UserError
+from ...losses.brpg import (confident_samples, grid_coords, grid_samples, masked_class_scores, prototype_loss,
                            pseudo_threshold_at, targets_with_prototypes)
-from ..losses.ohem import IGNORE_INDEX
-from .brpg_cluster import build_prototypes
-from .brpg_queue import HIGH, LOW, CPGSampler, FeatureQueues
-from .brpg_settings import BRPGSettings, brpg_enabled  # noqa: F401 (re-exported)
+from ...losses.ohem import IGNORE_INDEX
+from .cluster import build_prototypes
+from .queue import HIGH, LOW, CPGSampler, FeatureQueues
+from .settings import BRPGSettings
 
 LOGGER = logging.getLogger(__name__)
 
