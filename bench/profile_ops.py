@@ -14,8 +14,9 @@ MindSpore is slower), where "host/launch overhead" is the wall time of the profi
 times (Python, host dropout masks, copies, launching, the autograd engine, the profiler's own cost), then the top
 operators of each side. The unprofiled step wall time is printed too (the profiler slows PyTorch's ~2400 small op
 calls per step more than MindSpore's ~600 kernels).
-`--semi` adds a MindSpore-only table of the semi-supervised iteration (teacher pseudo-labels + the semi step; PyTorch
-has no counterpart here).
+`--semi` adds a MindSpore-only table of the semi-supervised iteration (the trainer's own `Trainer.semi_iteration`,
+built by train_speed.build_trainer: teacher pseudo-labels + the semi step; PyTorch has no counterpart
+here).
 
     python bench/profile_ops.py [--config experiments/demo/ours/config.yaml] [--arch resnet18] [--crop 80]
         [--batch 5] [--steps 3] [--threads 2] [--rounds 1] [--semi] [--top 12]
@@ -128,8 +129,10 @@ def unprofiled_ms(step, args):
 
 
 def run_mindspore(args):
-    built = train_speed.build_mindspore(args)
-    run = built["semi" if args.side == "mindspore-semi" else "sup"]
+    if args.side == "mindspore-semi":
+        run = train_speed.build_trainer(args)["semi"]
+    else:
+        run = train_speed.build_mindspore(args)["sup"]
     wall = unprofiled_ms(run, args)
     folder = tempfile.mkdtemp(prefix="ms_profile_")
     try:

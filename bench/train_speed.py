@@ -1,13 +1,20 @@
 """Training speed: our compiled MindSpore train step vs a PyTorch train step of the same model and batch.
 
 Each side runs in its own subprocess with the same thread count, random weights and inputs: forward, loss, backward
-and SGD (momentum 0.9, weight decay, encoder/decoder groups). MindSpore runs `SupervisedStep` (one graph, host
-dropout masks loaded every step as in training); PyTorch runs `convert/torch_model.py` in eager mode. Printed:
-steps/s of each side, the ratio MindSpore/PyTorch (> 1 means MindSpore is faster), first-step time (compilation on
-the MindSpore side) and peak RSS. `--semi` also times our full semi-supervised iteration (teacher pseudo-labels +
-the semi step; MindSpore only, there is no PyTorch counterpart here).
+and SGD (momentum 0.9, weight decay, encoder/decoder groups), cross-entropy on both sides. MindSpore runs
+`SupervisedStep` of the student (one graph, host dropout masks loaded every step as in training); PyTorch runs
+`convert/torch_model.py` in eager mode. Printed: steps/s of each side, the ratio MindSpore/PyTorch (> 1 means
+MindSpore is faster), first-step time (compilation on the MindSpore side) and peak RSS.
+
+`--semi` also times the trainer's own iterations, in a third process: `Trainer.supervised_iteration` and
+`Trainer.semi_iteration` of ms_semiseg/train/trainer.py (the config's criterion, PCR's patch granularity and
+prototype update, the teacher's pseudo-labels, CutMix, EMA, the host work of each iteration), called in turn
+(sup, semi, sup, semi, ...) so that load from other jobs hits both alike, and prints their ratio (min and median
+of the per-iteration times; MindSpore only, there is no PyTorch counterpart here). The supervised iteration is the
+one of a semi-supervised run's warm-up: the teacher also runs forward on the labeled batch, as in U2PL.
 
     python bench/train_speed.py [--arch resnet50] [--crop 129] [--batch 2] [--steps 5] [--threads 2] [--semi]
+    python bench/train_speed.py --config experiments/demo/ours/config.yaml --arch resnet18 --crop 80 --batch 5 --semi
 """
 import argparse
 import json
@@ -58,23 +65,19 @@ def timed(step, steps, warmup):
 
 
 def build_mindspore(args):
-    """Sets the MindSpore context and builds the steps: {"sup": supervised step closure, "semi": semi-supervised
-    iteration closure (only with args.semi)}. Each closure runs one whole step and waits for its result."""
-    import mindspore as ms
+    """Sets the MindSpore context and returns {"sup": closure}: one supervised step of the student alone (no
+    teacher: the PyTorch side has none), host dropout masks loaded every step; it waits for its result."""
     import numpy as np
-    import ms_semiseg  # noqa: F401  (sets the oneDNN ISA cap before the first kernel)
     from ms_semiseg.losses import build_criterion
     from ms_semiseg.models import create_model
     from ms_semiseg.engine import masks, optim, steps
-    ms.set_device("CPU")
-    ms.set_context(mode=ms.GRAPH_MODE, runtime_num_threads=args.threads)
+    set_mindspore_context(args)
     cfg, net = net_config(args)
+    ms = _mindspore()
     ms.set_seed(0)
     student = create_model(net)
-    cells = masks.install_host_dropout(student, 2 * args.batch)
-    teacher = create_model(net) if args.semi else None
-    teacher_cells = masks.install_host_dropout(teacher, 2 * args.batch) if teacher else []
-    pair = steps.MeanTeacherPair(student, teacher)
+    cells = masks.install_host_dropout(student, args.batch)
+    pair = steps.MeanTeacherPair(student)
     total = 1000
     optimizer = optim.build_sgd(pair.student.trainable_params(), 0.001, total, 0.9, 1e-4, 0.9, 10, "student.")
     settings = steps.LossSettings(aux_weight=0.4)
@@ -88,45 +91,89 @@ def build_mindspore(args):
         masks.load_dropout_masks(cells, masks.dropout_keep_masks(rng, cells))
         sup.run(image, label).asnumpy()
 
-    built = {"sup": sup_step}
-    if args.semi:
-        built["semi"] = _semi_step(args, pair, optimizer, criterion, settings, cells, teacher_cells, image, label)
-    return built
+    return {"sup": sup_step}
+
+
+def _mindspore():
+    import mindspore
+    import ms_semiseg  # noqa: F401  (sets the oneDNN ISA cap before the first kernel)
+    return mindspore
+
+
+def set_mindspore_context(args):
+    ms = _mindspore()
+    ms.set_device("CPU")
+    ms.set_context(mode=ms.GRAPH_MODE, runtime_num_threads=args.threads)
+
+
+def trainer_config(args, folder):
+    """The config as `python -m ms_semiseg train` reads it, with this bench's encoder, crop and batch, split lists
+    of placeholder rows in `folder` (the plan counts rows; no image is read), no validation, and enough epochs that
+    the poly LR schedule (inside the optimizer graph) does not run out during the bench."""
+    from ms_semiseg.config import load_config
+    lists = {}
+    for name, rows in (("labeled", 2 * args.batch), ("unlabeled", 2 * args.batch)):
+        lists[name] = os.path.join(folder, f"{name}.txt")
+        with open(lists[name], "w", encoding="utf-8") as handle:
+            handle.writelines(f"{name}/{index}.jpg {name}/{index}.png\n" for index in range(rows))
+    opts = [f"dataset.train.data_list={lists['labeled']}", f"dataset.train.unlabeled_list={lists['unlabeled']}",
+            "trainer.eval_on=False", "trainer.epochs=5000", f"dataset.batch_size={args.batch}",
+            f"net.encoder.type={args.arch}"]
+    cfg = load_config(args.config, opts)
+    cfg["dataset"]["train"]["crop"]["size"] = [args.crop, args.crop]
+    return cfg
+
+
+def build_trainer(args):
+    """{"sup": closure, "semi": closure}: `Trainer.supervised_iteration` and `Trainer.semi_iteration` of the real
+    trainer (ms_semiseg/train/trainer.py) on one random batch: the config's criterion, method (PCR's patch
+    granularity, prototype update), EMA and host work per iteration (dropout masks, CutMix boxes, patch pixels),
+    with the teacher that a semi-supervised run has (its warm-up steps also refresh the teacher's BatchNorm)."""
+    import tempfile
+    from ms_semiseg.train.plan import plan_from_config
+    from ms_semiseg.train.records import RunFiles
+    from ms_semiseg.train.trainer import Trainer
+    set_mindspore_context(args)
+    folder = tempfile.mkdtemp(prefix="train_speed_")
+    cfg = trainer_config(args, folder)
+    plan = plan_from_config(cfg)
+    if not plan.semi:
+        raise SystemExit(f"--semi: {args.config} trains no mean teacher (trainer.unsupervised, sup_only_epoch)")
+    files = RunFiles.from_config(cfg, os.path.join(folder, "run"))
+    os.makedirs(files.checkpoint_dir)
+    trainer = Trainer(cfg, plan, files, 0)
+    images, labels = batch(args, int(cfg["net"]["num_classes"]))
+    data = {"image_l": images, "label_l": labels, "image_u": images[::-1].copy()}
+    semi_epoch = plan.sup_only_epoch
+    counter = iter(range(10 ** 9))
+    return {"sup": lambda: trainer.supervised_iteration(data, 0, next(counter) % plan.iterations).asnumpy(),
+            "semi": lambda: trainer.semi_iteration(data, semi_epoch, next(counter) % plan.iterations).asnumpy()}
+
+
+def interleaved(steps, count, warmup):
+    """{name: [seconds per call]}: after 1 + warmup untimed calls each (compiles), the steps called in turn `count`
+    times (A B A B ...), so that load from other processes hits them alike."""
+    for step in steps.values():
+        for _ in range(1 + warmup):
+            step()
+    times = {name: [] for name in steps}
+    for _ in range(count):
+        for name, step in steps.items():
+            start = time.perf_counter()
+            step()
+            times[name].append(time.perf_counter() - start)
+    return times
 
 
 def run_mindspore(args):
-    built = build_mindspore(args)
-    result = dict(zip(("first_step_s", "step_s"), timed(built["sup"], args.steps, args.warmup)))
-    if args.semi:
-        first, step = timed(built["semi"], args.steps, args.warmup)
-        result.update({"semi_first_step_s": first, "semi_step_s": step})
-    return result
+    return dict(zip(("first_step_s", "step_s"), timed(build_mindspore(args)["sup"], args.steps, args.warmup)))
 
 
-def _semi_step(args, pair, optimizer, criterion, settings, cells, teacher_cells, image, label):
-    import mindspore as ms
-    import numpy as np
-    from ms_semiseg.engine import ema, masks, steps
-    from ms_semiseg.methods.mean_teacher import MeanTeacherStep, TeacherPseudoLabels
-    from ms_semiseg.methods.pcr.step import PCRStep
-    step_class = PCRStep if pair.student.use_proto else MeanTeacherStep
-    semi = step_class(pair, optimizer, criterion, settings,
-                      ema.EMAUpdate(*ema.ema_parameter_pairs(pair.student, pair.teacher)))
-    pseudo = TeacherPseudoLabels(pair.teacher)
-    rng = np.random.default_rng(2)
-    grid = int((pair.student.use_proto and 32) or 1)
-
-    def semi_step():
-        masks.load_dropout_masks(cells, masks.dropout_keep_masks(rng, cells))
-        masks.load_dropout_masks(teacher_cells, masks.dropout_keep_masks(rng, teacher_cells))
-        labels_u, conf = pseudo.run(image)
-        boxes = masks.cutmix_boxes(rng, args.batch, args.crop, args.crop)
-        coords = masks.patch_select_coords(rng, args.crop, min(grid, args.crop))
-        extra = ms.mutable((ms.Tensor(coords),)) if pair.student.use_proto else ()
-        semi.run(image, label, image, labels_u, conf, ms.Tensor(boxes), steps.scalar(80.0), steps.scalar(0.99),
-                 *((extra,) if extra else ())).asnumpy()
-
-    return semi_step
+def run_trainer(args):
+    import statistics
+    times = interleaved(build_trainer(args), args.steps, args.warmup)
+    return {f"{name}_{stat.__name__}_s": stat(values) for name, values in times.items()
+            for stat in (min, statistics.median)}
 
 
 def build_torch(args):
@@ -165,7 +212,7 @@ def run_torch(args):
 
 
 def child(args):
-    result = run_mindspore(args) if args.side == "mindspore" else run_torch(args)
+    result = {"mindspore": run_mindspore, "trainer": run_trainer, "torch": run_torch}[args.side](args)
     result["peak_rss_mb"] = peak_rss_mb()
     print("RESULT " + json.dumps(result))
 
@@ -173,7 +220,7 @@ def child(args):
 def spawn(args, side):
     command = [sys.executable, os.path.abspath(__file__), "--side", side, "--config", args.config, "--arch", args.arch,
                "--crop", str(args.crop), "--batch", str(args.batch), "--steps", str(args.steps), "--warmup",
-               str(args.warmup), "--threads", str(args.threads)] + (["--semi"] if args.semi else [])
+               str(args.warmup), "--threads", str(args.threads)]
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), GLOG_v="3",
                PYTHONPATH=REPO_ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     if side == "torch":  # importing ms_semiseg caps oneDNN at AVX2 for MindSpore; PyTorch keeps its default
@@ -195,7 +242,7 @@ def main():
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps after the first")
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--semi", action="store_true", help="also time our semi-supervised iteration")
-    parser.add_argument("--side", choices=("mindspore", "torch"), help=argparse.SUPPRESS)
+    parser.add_argument("--side", choices=("mindspore", "trainer", "torch"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.side:
         return child(args)
@@ -205,12 +252,19 @@ def main():
     for side, res in results.items():
         print(f"{side:9s}: {1 / res['step_s']:.3f} steps/s ({res['step_s']:.2f} s/step), first step "
               f"{res['first_step_s']:.1f} s, peak RSS {res['peak_rss_mb']:.0f} MiB")
-    semi = results["mindspore"].get("semi_step_s")
-    if semi:
-        print(f"mindspore semi-supervised iteration (teacher pseudo-labels + the semi step): {semi:.2f} s/iteration, "
-              f"first {results['mindspore']['semi_first_step_s']:.1f} s")
     ratio = results["torch"]["step_s"] / results["mindspore"]["step_s"]
     print(f"speed ratio MindSpore/PyTorch: {ratio:.2f}x")
+    if args.semi:
+        report_trainer(spawn(args, "trainer"), args.steps)
+
+
+def report_trainer(res, count):
+    print(f"trainer iterations (Trainer.supervised_iteration / semi_iteration, interleaved, {count} each), "
+          f"peak RSS {res['peak_rss_mb']:.0f} MiB:")
+    for name in ("sup", "semi"):
+        print(f"  {name:4s}: min {res[name + '_min_s']:.3f} s, median {res[name + '_median_s']:.3f} s")
+    print(f"semi-supervised iteration / supervised iteration: {res['semi_min_s'] / res['sup_min_s']:.2f}x (min), "
+          f"{res['semi_median_s'] / res['sup_median_s']:.2f}x (median)")
 
 
 if __name__ == "__main__":

@@ -282,6 +282,55 @@ def test_compile_strategies_agree_to_float32_and_bound_the_cache(voc):
     assert static.compile_count == 3 and static.compiled_shapes == [(1, 3, 33, 41)]
 
 
+def test_auto_strategy_gives_the_static_logits_and_miou_exactly(voc, tmp_path):
+    """`auto` runs frequent sizes as a graph and rare ones op by op; its logits, class maps and IoUs must equal the
+    static strategy's bit for bit (a list with 3 images of one size and 1 of the other: one of each path)."""
+    from convert.parity import ms_model_from_torch
+    from ms_semiseg.data import build_dataset
+    from ms_semiseg.eval.evaluate import Protocol, evaluate_dataset, resolved_dataset_config
+    from ms_semiseg.eval.predictor import Predictor
+    _setup_mindspore()
+    dataset_cfg = resolved_dataset_config(voc["cfg"])
+    with open(dataset_cfg["val"]["data_list"], encoding="utf-8") as handle:
+        rows = handle.read().splitlines()
+    subset = tmp_path / "val_subset.txt"
+    subset.write_text("\n".join(rows[index] for index in (0, 1, 2, 4)) + "\n", encoding="utf-8")
+    dataset_cfg["val"]["data_list"] = str(subset)
+    dataset = build_dataset(dataset_cfg, "val", num_classes=voc["dataset"].num_classes)
+    model = ms_model_from_torch(voc["cfg"], voc["torch_model"])
+    protocol, transform = Protocol("whole"), voc["transform"]
+    results = {}
+    for strategy in ("static", "auto"):
+        predictor, maps = Predictor(model, strategy, max_cached_shapes=1, static_pixels=4000), {}
+        accumulators = evaluate_dataset(dataset, predictor, protocol, transform.mean, transform.std,
+                                        on_prediction=maps.__setitem__, progress=False)
+        results[strategy] = (predictor, maps, {head: acc.iou() for head, acc in accumulators.items()})
+    (static, static_maps, static_iou), (auto, auto_maps, auto_iou) = results["static"], results["auto"]
+    # 3 x 41x53 = 6519 pixel-forwards: a graph; 1 x 53x37 = 1961: op by op
+    assert auto.stats()["compiles"] == 1 and auto.stats()["pynative_calls"] == 1
+    assert static.stats()["compiles"] == 2 and static.stats()["pynative_calls"] == 0
+    assert auto.compiled_shapes == []  # the 41x53 graph was released before the op-by-op 53x37 forward
+    assert static_maps.keys() == auto_maps.keys() and len(auto_maps) == 4
+    for sample_id, maps in static_maps.items():
+        for head, class_map in maps.items():
+            assert np.array_equal(class_map, auto_maps[sample_id][head]), (sample_id, head)
+    for head, iou in static_iou.items():
+        assert np.array_equal(iou, auto_iou[head]), head
+    rng = np.random.default_rng(1)
+    for height, width in ((41, 53), (53, 37)):  # one size per path: the raw logits, bit for bit
+        x = rng.normal(size=(1, 3, height, width)).astype(np.float32)
+        assert auto.uses_graph((height, width)) == (height == 41)
+        expected, got = static(x), auto(x)
+        assert all(np.array_equal(expected[head], got[head]) for head in expected)
+
+
+def test_auto_strategy_plans_from_the_protocol_sizes():
+    from ms_semiseg.eval.evaluate import Protocol
+    assert Protocol("whole", scales=(0.5, 1.0), flip=True).forward_sizes(41, 53) == [(20, 26)] * 2 + [(41, 53)] * 2
+    assert Protocol("sliding", crop_size=(33, 33)).forward_sizes(200, 300) == [(33, 33)]
+    assert Protocol("center-crop", crop_size=(33, 33), flip=False).forward_sizes(5, 5) == [(33, 33)]
+
+
 def test_order_by_size_groups_sizes_and_keeps_list_order(voc):
     from ms_semiseg.eval.evaluate import order_by_size
     paths = [voc["dataset"].sample_paths(index)[1] for index in range(len(voc["dataset"]))]

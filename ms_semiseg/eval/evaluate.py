@@ -76,6 +76,14 @@ class Protocol:
         """Distinct network input shapes one image needs (sliding windows and crops all have the crop size)."""
         return len(set(self.scales)) if self.name == "whole" else 1
 
+    def forward_sizes(self, height, width):
+        """Input sizes (h, w) of the network forwards for one image of that size (sliding: one window per scale
+        and flip, a lower bound); an `auto` predictor decides by their counts (ms_semiseg.eval.predictor)."""
+        passes = 2 if self.flip else 1
+        if self.name == "whole":
+            return [(round(height * scale), round(width * scale)) for scale in self.scales for _ in range(passes)]
+        return [self.crop_size] * (len(self.scales) * passes if self.name == "sliding" else 1)
+
     def logits(self, predict, image, label=None):
         from ms_semiseg.eval import protocols
         if self.name == "whole":
@@ -127,11 +135,20 @@ def _image_size(path):
         return 0, 0
 
 
-def order_by_size(image_paths):
+def order_by_size(image_paths, sizes=None):
     """Indices of the images grouped by size (given order within a size), so that each size is compiled once
     (see ms_semiseg.eval.predictor); the dataset mIoU is a sum over images, so the order does not change it."""
-    sizes = [_image_size(path) for path in image_paths]
+    sizes = sizes or [_image_size(path) for path in image_paths]
     return sorted(range(len(sizes)), key=lambda index: sizes[index])
+
+
+def planned_order(image_paths, predict, protocol):
+    """order_by_size, after telling an `auto` predictor how many forwards each input size will get."""
+    from collections import Counter
+    sizes = [_image_size(path) for path in image_paths]
+    if hasattr(predict, "expect"):
+        predict.expect(Counter(size for height, width in sizes for size in protocol.forward_sizes(height, width)))
+    return order_by_size(image_paths, sizes)
 
 
 def progress_bar(iterable, total, enabled, desc="eval"):
@@ -146,7 +163,7 @@ def evaluate_dataset(dataset, predict, protocol, mean, std, on_prediction=None, 
     from ms_semiseg.eval import IoUAccumulator, to_class_map
     accumulators = {}
     image_paths = [dataset.sample_paths(index)[1] for index in range(len(dataset))]
-    for index in progress_bar(order_by_size(image_paths), len(dataset), progress):
+    for index in progress_bar(planned_order(image_paths, predict, protocol), len(dataset), progress):
         image, label, sample_id = dataset[index]
         logits, label = protocol.logits(predict, normalize(image, mean, std), label)
         predictions = {head: to_class_map(value) for head, value in logits.items()}
@@ -274,11 +291,13 @@ def _evaluate(args, cfg, device, kind, transform, protocol, dataset):
     names = list(class_names_for(cfg))
     results = head_results(accumulators, names)
     print_tables(accumulators, names)
-    run_info = {"device": device, "strategy": args.strategy, "compiles": predictor.compile_count,
+    stats = predictor.stats()
+    run_info = {"device": device, "strategy": args.strategy, **stats,
                 "elapsed_s": round(elapsed, 3), "images_per_s": round(len(dataset) / elapsed, 4)}
     output = metrics_path(args)
     write_metrics(output, metrics_payload(args, dataset, kind, protocol, run_info, results))
     print(f"\n{len(dataset)} images in {elapsed:.1f} s ({len(dataset) / elapsed:.3f} images/s, {device}, "
-          f"{args.strategy}); metrics -> {output}")
+          f"{args.strategy}: {stats['compiles']} graph compile(s), ~{stats['compile_s_est']:.1f} s compiling, "
+          f"{stats['pynative_calls']} op-by-op forward(s)); metrics -> {output}")
     print(final_line(results))
     return 0

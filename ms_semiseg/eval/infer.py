@@ -64,7 +64,7 @@ def run(args):
     from ms_semiseg.data.datasets import palette_for_config
     from ms_semiseg.data import save_png_atomic
     from ms_semiseg.eval import to_class_map
-    from ms_semiseg.eval.evaluate import order_by_size, progress_bar, protocol_from_args, resolved_dataset_config
+    from ms_semiseg.eval.evaluate import planned_order, progress_bar, protocol_from_args, resolved_dataset_config
     from ms_semiseg.eval.predictor import Predictor, load_model, prepare_device
     from ms_semiseg.utils.atomic import ensure_writable_dir
 
@@ -85,7 +85,7 @@ def run(args):
     head = "proto" if args.head == "proto" else "pred"
     predictor = Predictor(model, args.strategy, max_cached_shapes=protocol.shapes_per_image)
     palette = palette_for_config(cfg)
-    for index in progress_bar(order_by_size(paths), len(paths), True, desc="infer"):
+    for index in progress_bar(planned_order(paths, predictor, protocol), len(paths), True, desc="infer"):
         image = read_image(paths[index])
         logits, _ = protocol.logits(predictor, normalize(image, transform.mean, transform.std))
         mask = colorize(to_class_map(logits[head]), palette)

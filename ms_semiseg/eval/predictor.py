@@ -10,11 +10,21 @@ also pays for kernel set-up, in every strategy and in PyTorch):
 
 | strategy | time per forward | compile | memory |
 |---|---|---|---|
-| `static` (default): `ms.jit`, one graph per exact input shape | 1.0 (4.5 s at low load) | ~5-10 s per new shape | ~2 GB per kept shape |
+| `static` (default): `ms.jit`, one graph per exact input shape | 1.0 (4.5 s at low load) | ~5-12 s per new shape | ~2 GB per kept shape |
 | dynamic-shape graph (`set_inputs` with H, W = None) | 1.3 | ~50 s, once | flat |
-| `pynative`: op by op | 1.6-2.2 | none | flat |
+| `pynative`: op by op | 1.4-2.2 | none | flat |
+| `auto`: per size, a graph where it pays back (below), else op by op | between | only where it pays | as static |
 
-So `static` is the default. Its two costs are handled by the caller's order and a bounded cache:
+`auto` chooses per input size: a compiled graph where its compile pays back, op by op elsewhere. The evaluator
+tells it (`expect`) how many forwards each size will get; a size runs as a graph when forwards x h x w >=
+AUTO_STATIC_PIXELS (400k), i.e. about 2.6 forwards at 375x500. Break-even measured with 1 thread on a shared
+AMD EPYC (AVX-512, oneDNN capped at AVX2), ResNet-101 DeepLabv3+ at 375x500: graph 12 s compile (first call 22.6
+s) + 10.4 s per forward, op by op 15 s per forward, so the graph wins from 12 / 4.6 = 2.6 forwards (490k
+pixel-forwards); ResNet-18 at 166x250: 8.3 s compile, 1.2 vs 2.1 s per forward, 9 forwards (360k). VOC val has
+hundreds of sizes, most of them with one or two images: those now skip the compile (bench/eval_speed.py --mix many).
+Both paths give bit-identical logits on CPU (tests/test_eval.py checks auto against static).
+
+`static` stays the default. Its two costs are handled by the caller's order and a bounded cache (auto's graphs too):
 - the evaluation visits images grouped by size (the dataset mIoU is a sum of per-image counts, so order does
   not change it), so each distinct size is compiled once;
 - at most `max_cached_shapes` compiled shapes are kept (default: the number of shapes one image needs, i.e. its
@@ -32,9 +42,12 @@ NCHW convolutions run a reference kernel on AVX-512 CPUs and every number above 
 MindSpore CPU convolution (oneDNN's AVX2 im2col GEMM; MindSpore's CPU Conv2d has no NHWC mode) takes about 2x
 as long as PyTorch's here, so PyTorch eager is faster on this CPU: see bench/eval_speed.py.
 """
+import time
+
 import numpy as np
 
-STRATEGIES = ("static", "pynative")
+STRATEGIES = ("static", "pynative", "auto")
+AUTO_STATIC_PIXELS = 400_000  # auto: a graph for an input size whose forwards x pixels reach this (see above)
 
 
 def set_cpu_threads(threads):
@@ -82,9 +95,15 @@ def load_model(cfg, ckpt_path, say=print):
 
 
 class Predictor:
-    """`predict(x)` for the protocols: numpy (1, 3, h, w) float32 -> {'pred': ..., 'proto': ...} numpy logits."""
+    """`predict(x)` for the protocols: numpy (1, 3, h, w) float32 -> {'pred': ..., 'proto': ...} numpy logits.
 
-    def __init__(self, model, strategy="static", max_cached_shapes=1):
+    `expect(calls)` tells an `auto` predictor how many forwards each input size (h, w) will get; a size whose
+    forwards x h x w reach `static_pixels` runs as a compiled graph, the others op by op (as does a size it was not
+    told of).
+    `stats()` says what ran how: graph compiles, op-by-op calls, and the seconds spent in first calls at a new
+    graph shape beyond a steady call at that size (the compile share of the run, estimated)."""
+
+    def __init__(self, model, strategy="static", max_cached_shapes=1, static_pixels=AUTO_STATIC_PIXELS):
         import mindspore as ms
         from ms_semiseg.models import SegmentationInference
         if strategy not in STRATEGIES:
@@ -94,28 +113,79 @@ class Predictor:
         self.network.set_train(False)
         self.strategy = strategy
         self.max_cached_shapes = max(1, int(max_cached_shapes))
+        self.static_pixels = int(static_pixels)
+        self.expected_calls = {}  # {(h, w): forwards}, for auto
+        self._remaining = {}  # expected forwards not yet made, per size
         self.compiled_shapes = []  # shapes compiled since the last recycle, in order
         self.compile_count = 0
-        self._run = ms.jit(self.network) if strategy == "static" else self.network
+        self.pynative_calls = 0
+        self._graph = None if strategy == "pynative" else ms.jit(self.network)
+        self._first_calls = []  # (seconds, pixels) of graph calls at a newly compiled shape
+        self._steady = []  # (seconds, pixels) of the other graph calls
+
+    def expect(self, calls):
+        """{(h, w): number of forwards at that input size} of the coming evaluation (used by `auto`)."""
+        self.expected_calls = {tuple(size): int(count) for size, count in calls.items()}
+        self._remaining = dict(self.expected_calls)
+
+    def uses_graph(self, size):
+        """Whether a forward at input size (h, w) runs the compiled graph."""
+        if self.strategy != "auto":
+            return self.strategy == "static"
+        height, width = size
+        return self.expected_calls.get((height, width), 0) * height * width >= self.static_pixels
 
     def _before_static_call(self, shape):
-        """Recycles all compiled graphs when a new shape would exceed the cache (see the module docstring)."""
+        """Recycles all compiled graphs when a new shape would exceed the cache (see the module docstring);
+        returns whether this shape is compiled now."""
         import mindspore as ms
         if shape in self.compiled_shapes:
-            return
+            return False
         if len(self.compiled_shapes) >= self.max_cached_shapes:
             ms.ms_memory_recycle()
             self.compiled_shapes = []
         self.compiled_shapes.append(shape)
         self.compile_count += 1
+        return True
+
+    def _release_finished_graphs(self):
+        """Before an op-by-op forward: drops the compiled graphs once no expected forward needs them any more
+        (a kept graph's memory would add to the op-by-op forward's: measured 3.9 -> 6.1 GB peak RSS with
+        ResNet-18 at 375x500)."""
+        import mindspore as ms
+        if self.compiled_shapes and all(self._remaining.get(shape[2:], 0) <= 0 for shape in self.compiled_shapes):
+            ms.ms_memory_recycle()
+            self.compiled_shapes = []
 
     def __call__(self, batch):
         import mindspore as ms
         batch = np.ascontiguousarray(batch, dtype=np.float32)
-        if self.strategy == "static":
-            self._before_static_call(batch.shape)
-        pred, proto = self._run(ms.Tensor(batch))
+        size = batch.shape[2:]
+        if size in self._remaining:
+            self._remaining[size] -= 1
+        if not self.uses_graph(size):
+            self._release_finished_graphs()
+            self.pynative_calls += 1
+            return self._outputs(*self.network(ms.Tensor(batch)))
+        new_shape = self._before_static_call(batch.shape)
+        start = time.perf_counter()
+        outputs = self._outputs(*self._graph(ms.Tensor(batch)))
+        (self._first_calls if new_shape else self._steady).append((time.perf_counter() - start, batch[0, 0].size))
+        return outputs
+
+    @staticmethod
+    def _outputs(pred, proto):
         outputs = {"pred": pred.asnumpy()}
         if proto is not None:
             outputs["proto"] = proto.asnumpy()
         return outputs
+
+    def stats(self):
+        """{'compiles', 'pynative_calls', 'graph_calls', 'compile_s_est'}: compile_s_est sums, over compiled shapes,
+        the first call's time minus a steady graph call of that many pixels (the median seconds per pixel of the
+        other graph calls; without any, the first calls count whole)."""
+        rates = sorted(seconds / pixels for seconds, pixels in self._steady)
+        rate = rates[len(rates) // 2] if rates else 0.0
+        compile_s = sum(max(0.0, seconds - rate * pixels) for seconds, pixels in self._first_calls)
+        return {"compiles": self.compile_count, "pynative_calls": self.pynative_calls,
+                "graph_calls": len(self._first_calls) + len(self._steady), "compile_s_est": round(compile_s, 3)}
