@@ -374,6 +374,27 @@ def test_checkpoint_missing_a_parameter_is_refused_with_its_name(voc, tmp_path):
     assert_user_error(result, partial, "missing", "decoder.classifier.8.bias")
 
 
+def test_weights_picks_the_teacher_or_the_student_of_a_training_state(voc, tmp_path):
+    """A last.ckpt holds `student.*` and `teacher.*` (and optimizer slots): --weights loads either, exactly; the
+    default is the teacher; a one-model checkpoint refuses --weights with a one-line error."""
+    from ms_semiseg.eval.predictor import load_model
+    from ms_semiseg.utils.checkpoint import read_checkpoint, save_params_atomic
+    _setup_mindspore()
+    model = {k: v.asnumpy() for k, v in read_checkpoint(voc["ckpt"]).items()}
+    state = {f"student.{k}": v for k, v in model.items()}
+    state.update({f"teacher.{k}": v + np.float32(0.5) for k, v in model.items()})  # a different teacher
+    state["optimizer.moments.student.decoder.classifier.8.bias"] = np.zeros(1, np.float32)
+    last = str(tmp_path / "last.ckpt")
+    save_params_atomic(state, last)
+    for weights, offset in (("student", 0.0), ("teacher", 0.5), (None, 0.5)):
+        loaded = {p.name: p.asnumpy() for p in load_model(voc["cfg"], last, weights=weights).get_parameters()}
+        for name, value in model.items():
+            np.testing.assert_array_equal(loaded[name], value + np.float32(offset), err_msg=f"{weights} {name}")
+    result = run_module("ms_semiseg", "eval", "--config", voc["config"], "--ckpt", voc["ckpt"], "--weights",
+                        "student", "--device", "CPU")
+    assert_user_error(result, voc["ckpt"], "one model's weights", "--weights student")
+
+
 def test_device_gpu_without_gpu_is_a_one_line_error(voc):
     from ms_semiseg.device import gpu_unavailable_reason
     if gpu_unavailable_reason() is None:

@@ -38,6 +38,9 @@ def add_model_arguments(parser):
     parser.add_argument("--strategy", choices=STRATEGIES, default="static",
                         help="how MindSpore runs the network; same results, different speed (default: static)")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for MindSpore kernels")
+    parser.add_argument("--weights", choices=("teacher", "student"), default=None,
+                        help="with a training state (last.ckpt): which model to run (default: the teacher where "
+                             "there is one, the model U2PL/PCR validate; best.ckpt holds only that one)")
 
 
 def add_protocol_arguments(parser, protocols=PROTOCOLS):
@@ -256,7 +259,8 @@ def prepare_evaluation(args, cfg):
 
 
 def metrics_payload(args, dataset, kind, protocol, run_info, results):
-    return {"config": os.path.abspath(args.config), "checkpoint": os.path.abspath(args.ckpt), "dataset": kind,
+    return {"config": os.path.abspath(args.config), "checkpoint": os.path.abspath(args.ckpt),
+            "weights": args.weights or "as stored", "dataset": kind,
             "data_root": dataset.data_root, "data_list": dataset.list_path, "num_images": len(dataset),
             "num_classes": dataset.num_classes, **protocol.describe(), **run_info, "unit": "percent",
             "miou": results["linear"]["miou"],
@@ -282,7 +286,8 @@ def _evaluate(args, cfg, device, kind, transform, protocol, dataset):
     from ms_semiseg.data.datasets import class_names_for, palette_for_config
     from ms_semiseg.eval.predictor import Predictor, load_model
     start = time.perf_counter()
-    predictor = Predictor(load_model(cfg, args.ckpt), args.strategy, max_cached_shapes=protocol.shapes_per_image)
+    model = load_model(cfg, args.ckpt, weights=args.weights)
+    predictor = Predictor(model, args.strategy, max_cached_shapes=protocol.shapes_per_image)
     on_prediction = png_writer(args.save_dir, palette_for_config(cfg)) if args.save_dir else None
     accumulators = evaluate_dataset(dataset, predictor, protocol, transform.mean, transform.std, on_prediction,
                                     progress=not args.no_progress)

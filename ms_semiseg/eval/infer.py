@@ -79,7 +79,7 @@ def run(args):
     paths = collect_images(args.images)
     stems = output_stems(paths)
     ensure_writable_dir(args.out, "--out folder")
-    model = load_model(cfg, args.ckpt)
+    model = load_model(cfg, args.ckpt, weights=args.weights)
     if args.head == "proto" and not model.use_proto:
         raise UserError(f"--head proto: {args.config} has no net.proto_head, expected --head linear")
     head = "proto" if args.head == "proto" else "pred"

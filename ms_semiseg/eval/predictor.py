@@ -79,13 +79,14 @@ def release_pooling_line(ckpt_path, stem_pool):
             "release's own numbers add --opts net.encoder.kwargs.stem_pool=same")
 
 
-def load_model(cfg, ckpt_path, say=print):
+def load_model(cfg, ckpt_path, say=print, weights=None):
     """The config's network with the checkpoint's weights, in eval mode (refuses partial loads, see load_into_model).
-    For a checkpoint in the original release's layout, `say` gets one line naming the stem max-pool in use."""
+    For a checkpoint in the original release's layout, `say` gets one line naming the stem max-pool in use.
+    `weights` ("teacher" / "student") picks a model out of a training state (last.ckpt), see select_model."""
     from ms_semiseg.config import net_config
     from ms_semiseg.models import create_model
-    from ms_semiseg.utils.checkpoint import load_with_report, read_checkpoint
-    params = read_checkpoint(ckpt_path)  # before building the model: a bad path fails fast
+    from ms_semiseg.utils.checkpoint import load_with_report, read_checkpoint, select_model
+    params = select_model(read_checkpoint(ckpt_path), weights, ckpt_path)  # before the model: bad input fails fast
     model = create_model(net_config(cfg))
     report = load_with_report(model, ckpt_path, params, say)
     if report.release_layout:
