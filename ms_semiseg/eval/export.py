@@ -134,7 +134,7 @@ def onnx_network(model, height, width, head="both"):
     from mindspore import nn, ops
     from ms_semiseg.models.layers import CeilMaxPool3x3s2
     names = output_names(model, head)
-    encoder, decoder = model.encoder, model.decoder
+    encoder = model.encoder
     if encoder.stem_pool == "pytorch":
         encoder.maxpool = CeilMaxPool3x3s2()  # no parameters: the same weights, the same values
     low, _, _, high = encoder(ms.Tensor(np.zeros((1, 3, height, width), np.float32)))  # the feature sizes
