@@ -18,8 +18,16 @@ calls per step more than MindSpore's ~600 kernels).
 built by train_speed.build_trainer: teacher pseudo-labels + the semi step; PyTorch has no counterpart
 here).
 
+`--eval` profiles one evaluation forward instead, as `python -m ms_semiseg eval` runs it with the whole-image
+protocol (default config: VOC 92, ResNet-101, one random --size H W image, random weights): MindSpore through
+`ms_semiseg.eval.predictor.Predictor` with the `static` strategy (the `ms.jit` graph for that shape, logits copied
+to numpy), PyTorch through the reference's `torch_predict` (`convert/torch_model.py` in eval mode, no_grad). The
+first forward (MindSpore: graph compile + run) is timed apart and reported beside the steady forwards.
+
     python bench/profile_ops.py [--config experiments/demo/ours/config.yaml] [--arch resnet18] [--crop 80]
         [--batch 5] [--steps 3] [--threads 2] [--rounds 1] [--semi] [--top 12]
+    python bench/profile_ops.py --eval [--config experiments/pascal/92/ours/config.yaml] [--arch resnet101]
+        [--size 375 500] [--steps 2] [--threads 1]
 """
 import argparse
 import csv
@@ -40,6 +48,7 @@ for _path in (REPO_ROOT, BENCH):
 import train_speed  # noqa: E402  (bench/train_speed.py: both sides' step builders)
 
 DEMO_CONFIG = os.path.join(REPO_ROOT, "experiments", "demo", "ours", "config.yaml")
+VOC_CONFIG = os.path.join(REPO_ROOT, "experiments", "pascal", "92", "ours", "config.yaml")
 OVERHEAD = "host/launch overhead"
 KIND_ORDER = ["conv forward", "conv backward", "batchnorm", "bilinear resize", "pooling", "loss/softmax", "matmul",
               "reduction", "data movement", "elementwise", "optimizer", "other"]
@@ -87,10 +96,11 @@ def classify(name):
 def _ms_profile(run, steps, folder):
     import mindspore as ms
     profiler = ms.Profiler(output_path=folder, profile_memory=True)
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     for _ in range(steps):
         run()
     profiled_wall = (time.perf_counter() - start) / steps * 1000.0
+    profiled_cpu = (time.process_time() - cpu_start) / steps * 1000.0
     profiler.stop()
     profiler.analyse()
     details = glob.glob(os.path.join(folder, "**", "FRAMEWORK", "cpu_op_detail_info_*.csv"), recursive=True)
@@ -115,33 +125,63 @@ def _ms_profile(run, steps, folder):
                 fields = line.strip().split(",")
                 if len(fields) >= 2 and fields[1].isdigit():
                     peak = max(peak, int(fields[1]))
-    return ops, peak / 2 ** 20, profiled_wall
+    return ops, peak / 2 ** 20, profiled_wall, profiled_cpu
 
 
 def unprofiled_ms(step, args):
-    """Mean wall time (ms) of `step` over args.steps after 1 + args.warmup untimed calls (compile, caches)."""
-    for _ in range(1 + args.warmup):
-        step()
+    """{"first_ms", "wall_ms", "cpu_ms"}: the first call's wall time (compile, caches), then the mean wall time and
+    process CPU time (all threads) of `step` over args.steps after args.warmup more calls. On a core shared with
+    other jobs the CPU time is the steadier figure: time spent waiting for the core is not in it."""
     start = time.perf_counter()
+    step()
+    first = (time.perf_counter() - start) * 1000.0
+    for _ in range(args.warmup):
+        step()
+    start, cpu_start = time.perf_counter(), time.process_time()
     for _ in range(args.steps):
         step()
-    return (time.perf_counter() - start) / args.steps * 1000.0
+    return {"first_ms": first, "wall_ms": (time.perf_counter() - start) / args.steps * 1000.0,
+            "cpu_ms": (time.process_time() - cpu_start) / args.steps * 1000.0}
+
+
+def eval_image(args):
+    """The one random normalised (1, 3, H, W) float32 image both sides' evaluation forwards see."""
+    import numpy as np
+    return np.random.default_rng(0).standard_normal((1, 3, *args.size)).astype(np.float32)
+
+
+def build_mindspore_eval(args):
+    """One evaluation forward as `ms_semiseg eval` makes it: Predictor (static strategy: a graph per input shape,
+    compiled at the first call), numpy image in, numpy logits of both heads out."""
+    from ms_semiseg.eval.predictor import Predictor, prepare_device
+    from ms_semiseg.models import create_model
+    prepare_device("CPU", args.threads)
+    _, net = train_speed.net_config(args)
+    train_speed._mindspore().set_seed(0)
+    model = create_model(net)
+    model.set_train(False)
+    predictor, image = Predictor(model, "static"), eval_image(args)
+    return lambda: predictor(image)
 
 
 def run_mindspore(args):
-    if args.side == "mindspore-semi":
+    if args.side == "mindspore-eval":
+        run = build_mindspore_eval(args)
+    elif args.side == "mindspore-semi":
         run = train_speed.build_trainer(args)["semi"]
     else:
         run = train_speed.build_mindspore(args)["sup"]
-    wall = unprofiled_ms(run, args)
+    timing = unprofiled_ms(run, args)
+    rss = train_speed.peak_rss_mb()
     folder = tempfile.mkdtemp(prefix="ms_profile_")
     try:
-        ops, peak_alloc, profiled_wall = _ms_profile(run, args.steps, folder)
+        ops, peak_alloc, profiled_wall, profiled_cpu = _ms_profile(run, args.steps, folder)
     finally:
         if args.keep_trace:
             shutil.copytree(folder, os.path.join(args.keep_trace, args.side), dirs_exist_ok=True)
         shutil.rmtree(folder, ignore_errors=True)
-    return {"wall_ms": wall, "profiled_wall_ms": profiled_wall, "ops": ops, "peak_alloc_mb": peak_alloc}
+    return {**timing, "profiled_wall_ms": profiled_wall, "profiled_cpu_ms": profiled_cpu, "ops": ops,
+            "peak_alloc_mb": peak_alloc, "unprofiled_rss_mb": rss}
 
 
 # ------------------------------------------------------------------------------------------------------ PyTorch
@@ -155,16 +195,31 @@ def _under_optimizer(event):
     return False
 
 
+def build_torch_eval(args):
+    """One evaluation forward as the PyTorch reference pipeline makes it (ms_semiseg.eval.reference.torch_predict:
+    no_grad, `pred` upsampled to the input size, `proto` at full resolution already)."""
+    import torch
+    from convert.torch_model import TorchModelBuilder
+    from ms_semiseg.eval.reference import torch_predict
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    _, net = train_speed.net_config(args)
+    predict, image = torch_predict(TorchModelBuilder(net).eval()), torch.from_numpy(eval_image(args))
+    return lambda: predict(image)
+
+
 def run_torch(args):
     import torch
     from torch.profiler import ProfilerActivity, profile
-    step = train_speed.build_torch(args)
-    wall = unprofiled_ms(step, args)
+    step = build_torch_eval(args) if args.side == "torch-eval" else train_speed.build_torch(args)
+    timing = unprofiled_ms(step, args)
+    rss = train_speed.peak_rss_mb()
     with profile(activities=[ProfilerActivity.CPU]) as prof:
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         for _ in range(args.steps):
             step()
         profiled_wall = (time.perf_counter() - start) / args.steps * 1000.0
+        profiled_cpu = (time.process_time() - cpu_start) / args.steps * 1000.0
     ops = {}
     for event in prof.events():
         if not event.name.startswith("aten::"):
@@ -179,13 +234,14 @@ def run_torch(args):
         os.makedirs(args.keep_trace, exist_ok=True)
         prof.export_chrome_trace(os.path.join(args.keep_trace, "torch_trace.json"))
     del torch
-    return {"wall_ms": wall, "profiled_wall_ms": profiled_wall, "ops": ops}
+    return {**timing, "profiled_wall_ms": profiled_wall, "profiled_cpu_ms": profiled_cpu, "ops": ops,
+            "unprofiled_rss_mb": rss}
 
 
 # ------------------------------------------------------------------------------------------------------- driver
 
 def child(args):
-    result = run_torch(args) if args.side == "torch" else run_mindspore(args)
+    result = run_torch(args) if args.side.startswith("torch") else run_mindspore(args)
     result["peak_rss_mb"] = train_speed.peak_rss_mb()
     print("RESULT " + json.dumps(result))
 
@@ -193,12 +249,12 @@ def child(args):
 def spawn(args, side):
     command = [sys.executable, os.path.abspath(__file__), "--side", side, "--config", args.config, "--arch",
                args.arch, "--crop", str(args.crop), "--batch", str(args.batch), "--steps", str(args.steps),
-               "--warmup", str(args.warmup), "--threads", str(args.threads)]
+               "--warmup", str(args.warmup), "--threads", str(args.threads), "--size", *map(str, args.size)]
     command += (["--semi"] if side == "mindspore-semi" else []) + (["--keep-trace", args.keep_trace]
                                                                    if args.keep_trace else [])
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), GLOG_v="3",
                PYTHONPATH=REPO_ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    if side == "torch":  # as bench/train_speed.py: MindSpore's AVX2 oneDNN cap is not PyTorch's
+    if side.startswith("torch"):  # as bench/train_speed.py: MindSpore's AVX2 oneDNN cap is not PyTorch's
         env["ONEDNN_MAX_CPU_ISA"] = "ALL"
     out = subprocess.run(command, env=env, capture_output=True, text=True, cwd=REPO_ROOT)
     lines = [ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")]
@@ -237,25 +293,37 @@ def _ratio(ours, theirs):
     return f"{ours / theirs:.2f}"
 
 
-def kind_table(results):
-    """Markdown lines: kind | MindSpore ms/step | PyTorch ms/step | ratio; then op sum and step wall time."""
+def kind_table(results, unit="step"):
+    """Markdown lines: kind | MindSpore ms/`unit` | PyTorch ms/`unit` | ratio; then op sum and `unit` wall times
+    (profiled, unprofiled) and, where measured, the first call and its excess over an unprofiled call (compile)."""
     ms_kinds, pt_kinds = by_kind(results["mindspore"]), by_kind(results["torch"])
     rows = [kind for kind in KIND_ORDER + [OVERHEAD] if kind in ms_kinds or kind in pt_kinds]
-    lines = ["| operator kind | MindSpore ms/step | PyTorch ms/step | ratio MS/PT |", "| --- | ---: | ---: | ---: |"]
+    lines = [f"| operator kind | MindSpore ms/{unit} | PyTorch ms/{unit} | ratio MS/PT |",
+             "| --- | ---: | ---: | ---: |"]
     for kind in sorted(rows, key=lambda k: -max(ms_kinds.get(k, 0.0), pt_kinds.get(k, 0.0))):
         ours, theirs = ms_kinds.get(kind), pt_kinds.get(kind)
         lines.append(f"| {kind} | {_ms(ours)} | {_ms(theirs)} | {_ratio(ours, theirs)} |")
     ours = sum(v for k, v in ms_kinds.items() if k != OVERHEAD)
     theirs = sum(v for k, v in pt_kinds.items() if k != OVERHEAD)
     lines.append(f"| **sum of op times** | {_ms(ours)} | {_ms(theirs)} | {_ratio(ours, theirs)} |")
-    for key, title in (("profiled_wall_ms", "step wall time, profiled"), ("wall_ms", "step wall time, unprofiled")):
-        ours, theirs = results["mindspore"][key], results["torch"][key]
-        lines.append(f"| **{title}** | {_ms(ours)} | {_ms(theirs)} | {_ratio(ours, theirs)} |")
+    for key, title in (("profiled_wall_ms", f"**{unit} wall time, profiled**"),
+                       ("wall_ms", f"**{unit} wall time, unprofiled**"),
+                       ("profiled_cpu_ms", f"{unit} CPU time, profiled"), ("cpu_ms", f"{unit} CPU time, unprofiled")):
+        if key in results["mindspore"] and key in results["torch"]:
+            ours, theirs = results["mindspore"][key], results["torch"][key]
+            lines.append(f"| {title} | {_ms(ours)} | {_ms(theirs)} | {_ratio(ours, theirs)} |")
+    if all("first_ms" in results[side] for side in ("mindspore", "torch")):
+        firsts = [results[side]["first_ms"] for side in ("mindspore", "torch")]
+        extra = [first - results[side]["wall_ms"] for first, side in zip(firsts, ("mindspore", "torch"))]
+        lines.append(f"| first {unit} (MindSpore: graph compile + run) | {_ms(firsts[0])} | {_ms(firsts[1])} | "
+                     f"{_ratio(*firsts)} |")
+        lines.append(f"| compile / set-up (first {unit} - unprofiled {unit}) | {_ms(extra[0])} | {_ms(extra[1])} | "
+                     f"{_ratio(*extra)} |")
     return lines
 
 
-def top_ops(result, top):
-    lines = ["| operator | kind | calls/step | ms/step |", "| --- | --- | ---: | ---: |"]
+def top_ops(result, top, unit="step"):
+    lines = [f"| operator | kind | calls/{unit} | ms/{unit} |", "| --- | --- | ---: | ---: |"]
     for name, entry in sorted(result["ops"].items(), key=lambda item: -item[1]["ms"])[:top]:
         lines.append(f"| {name} | {entry['kind']} | {entry['calls']:.0f} | {entry['ms']:.1f} |")
     calls = sum(entry["calls"] for entry in result["ops"].values())
@@ -274,41 +342,94 @@ def ms_only_table(result):
     return lines
 
 
-def main(argv=None):
+def rss_line(results):
+    """Peak RSS of each side's process (ru_maxrss; each side runs in its own subprocess), before its profiler ran
+    and at its end."""
+    ours, theirs = results["mindspore"], results["torch"]
+    line = (f"peak RSS before profiling: MindSpore {ours['unprofiled_rss_mb']:.0f} MiB, PyTorch "
+            f"{theirs['unprofiled_rss_mb']:.0f} MiB ({_ratio(ours['unprofiled_rss_mb'], theirs['unprofiled_rss_mb'])}x)"
+            f"; at the end (profilers included): MindSpore {ours['peak_rss_mb']:.0f} MiB (runtime allocator peak "
+            f"{ours['peak_alloc_mb']:.0f} MiB), PyTorch {theirs['peak_rss_mb']:.0f} MiB")
+    return line
+
+
+def report_sides(results, top, unit):
+    print("\n".join(kind_table(results, unit)))
+    for side, title in (("mindspore", "MindSpore"), ("torch", "PyTorch")):
+        print(f"\nTop {top} operators, {title}:\n")
+        print("\n".join(top_ops(results[side], top, unit)))
+    print("\n" + rss_line(results))
+
+
+def parse_args(argv=None):
+    """The options, with --config and --arch resolved (training: the demo config, resnet18; --eval: VOC 92 and the
+    config's encoder)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default=DEMO_CONFIG, help="config whose net section is used (default: demo)")
-    parser.add_argument("--arch", default="resnet18", help="encoder (resnet18/34/50/101/152)")
+    parser.add_argument("--config", default=None,
+                        help="config whose net section is used (default: demo; with --eval: VOC 92)")
+    parser.add_argument("--arch", default=None,
+                        help="encoder (resnet18/34/50/101/152; default resnet18, with --eval the config's)")
     parser.add_argument("--crop", type=int, default=80)
     parser.add_argument("--batch", type=int, default=5)
     parser.add_argument("--steps", type=int, default=3, help="timed steps, then as many profiled steps, per side")
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps after the first")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--semi", action="store_true", help="also profile our semi-supervised iteration")
+    parser.add_argument("--eval", action="store_true",
+                        help="profile one evaluation forward (whole-image protocol) instead of a training step")
+    parser.add_argument("--size", type=int, nargs=2, default=[375, 500], metavar=("H", "W"),
+                        help="--eval: the image size (default 375 500, VOC's most common)")
     parser.add_argument("--rounds", type=int, default=1,
                         help="runs per side in ABBA order, the fastest kept (for a machine shared with other jobs)")
     parser.add_argument("--top", type=int, default=12, help="operators listed per side")
     parser.add_argument("--keep-trace", default=None, help="keep the raw profiler outputs in this folder")
-    parser.add_argument("--side", choices=("mindspore", "mindspore-semi", "torch"), help=argparse.SUPPRESS)
+    parser.add_argument("--side", choices=("mindspore", "mindspore-semi", "mindspore-eval", "torch", "torch-eval"),
+                        help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.eval and args.semi:
+        parser.error("--semi profiles training: not with --eval")
+    args.config = os.path.abspath(args.config or (VOC_CONFIG if args.eval else DEMO_CONFIG))
+    if args.arch is None:
+        args.arch = config_arch(args.config) if args.eval else "resnet18"
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
     if args.side:
         return child(args)
+    if args.eval:
+        return main_eval(args)
     print(f"{args.arch}, batch {args.batch} x 3 x {args.crop} x {args.crop}, {args.threads} threads, "
           f"{args.steps} timed + {args.steps} profiled steps after {1 + args.warmup} untimed, best of {args.rounds} "
           f"round(s) per side, config "
           f"{os.path.relpath(args.config, REPO_ROOT)}\n")
     results = best_of_rounds(args, ("mindspore", "torch"))
-    print("\n".join(kind_table(results)))
-    for side, title in (("mindspore", "MindSpore"), ("torch", "PyTorch")):
-        print(f"\nTop {args.top} operators, {title}:\n")
-        print("\n".join(top_ops(results[side], args.top)))
-    print(f"\npeak RSS: MindSpore {results['mindspore']['peak_rss_mb']:.0f} MiB (runtime allocator peak "
-          f"{results['mindspore']['peak_alloc_mb']:.0f} MiB), PyTorch {results['torch']['peak_rss_mb']:.0f} MiB")
+    report_sides(results, args.top, "step")
     if args.semi:
         semi = best_of_rounds(args, ("mindspore-semi",))["mindspore-semi"]
         print("\nMindSpore semi-supervised iteration (teacher pseudo-labels + the semi step), no PyTorch counterpart:\n")
         print("\n".join(ms_only_table(semi)))
         print(f"\nTop {args.top} operators, MindSpore semi-supervised iteration:\n")
         print("\n".join(top_ops(semi, args.top)))
+    return results
+
+
+def config_arch(config):
+    """The encoder a config names (`core.models.resnet.resnet101` -> `resnet101`)."""
+    from ms_semiseg.config import load_config, net_config
+    return str(net_config(load_config(config))["encoder"]["type"]).rsplit(".", 1)[-1]
+
+
+def main_eval(args):
+    height, width = args.size
+    print(f"evaluation forward, {args.arch}, one 1 x 3 x {height} x {width} image (whole-image protocol), "
+          f"{args.threads} threads, {args.steps} timed + {args.steps} profiled forwards after {1 + args.warmup} "
+          f"untimed, best of {args.rounds} round(s) per side, config {os.path.relpath(args.config, REPO_ROOT)}; "
+          f"MindSpore: Predictor, static graph\n")
+    best = best_of_rounds(args, ("mindspore-eval", "torch-eval"))
+    results = {"mindspore": best["mindspore-eval"], "torch": best["torch-eval"]}
+    report_sides(results, args.top, "forward")
     return results
 
 

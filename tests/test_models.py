@@ -185,6 +185,23 @@ def test_l2_normalize_matches_torch_also_near_zero():
 
 
 @pytest.mark.numeric
+@pytest.mark.parametrize("batch", [1, 2])
+def test_proto_head_dense_scores_every_pixel_as_the_flat_head(batch):
+    """`dense` (NCHW, no transpose of the feature map) gives each pixel the logits and matched index of `scores`
+    on that pixel's feature vector, to float32 rounding."""
+    rng = np.random.default_rng(4)
+    c, k, d, h, w = 3, 4, 16, 5, 7
+    head = CosineProtoHead(d, c, k, temperature=0.1)
+    feat_map = rng.standard_normal((batch, d, h, w)).astype(np.float32)
+    logits, index = head.dense(ms.Tensor(feat_map))
+    flat_logits, flat_index = head(ms.Tensor(feat_map.transpose(0, 2, 3, 1).reshape(-1, d)))
+    to_map = lambda t: t.asnumpy().reshape(batch, h, w, c).transpose(0, 3, 1, 2)  # noqa: E731
+    assert logits.shape == index.shape == (batch, c, h, w)
+    np.testing.assert_allclose(logits.asnumpy(), to_map(flat_logits), rtol=0, atol=1e-5)
+    np.testing.assert_array_equal(index.asnumpy(), to_map(flat_index))
+
+
+@pytest.mark.numeric
 def test_proto_head_logits_index_and_momentum_update_against_numpy():
     rng = np.random.default_rng(3)
     c, k, d, n = 3, 2, 5, 40

@@ -38,9 +38,10 @@ cannot take dynamic dims). Padding images to a few bucket sizes was rejected: ze
 from the upstream protocol.
 
 CPU kernels: importing ms_semiseg caps oneDNN at AVX2 (see ms_semiseg/__init__.py); without it, MindSpore's
-NCHW convolutions run a reference kernel on AVX-512 CPUs and every number above is ~100x worse. Even so, a
-MindSpore CPU convolution (oneDNN's AVX2 im2col GEMM; MindSpore's CPU Conv2d has no NHWC mode) takes about 2x
-as long as PyTorch's here, so PyTorch eager is faster on this CPU: see bench/eval_speed.py.
+NCHW convolutions run a reference kernel on AVX-512 CPUs and every number above is ~100x worse. With that cap a
+steady graph forward (ResNet-101, 375x500, 1 thread) matches PyTorch eager's, convolutions included; what MindSpore
+pays more is the compile per shape and memory (`bench/profile_ops.py --eval`, docs/performance.md "Evaluation
+forward, operator by operator"; whole evaluations: bench/eval_speed.py).
 """
 import time
 
