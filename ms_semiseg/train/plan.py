@@ -192,13 +192,14 @@ def plan_from_config(cfg, world_size=1):
     batch = global_batch(cfg, batch_size, world_size)
     data = train_data(cfg)
     eval_on = bool(get(cfg, "trainer.eval_on", True)) and bool(get(cfg, "dataset.val"))
-    plan = TrainPlan(
+    plan = TrainPlan(  # checked in this order: the first error met is the one reported
         epochs=epochs, sup_only_epoch=min(sup_only_epoch, epochs), semi=semi, batch_size=batch_size,
         crop=data.crop, use_proto=use_proto, granularity=_granularity(data, use_proto),
-        losses=loss_settings(cfg), optimizer=optimizer_settings(cfg), ema_decay=_number(cfg, "net.ema_decay", 0.99, 0.0, 1.0),
+        losses=loss_settings(cfg), optimizer=optimizer_settings(cfg),
+        ema_decay=_number(cfg, "net.ema_decay", 0.99, 0.0, 1.0),
         drop_percent=_number(cfg, "trainer.unsupervised.drop_percent", 100, 0.0, 100.0),
-        cutmix=semi and _cutmix(cfg), log_interval=_number(cfg, "trainer.log_interval", DEFAULT_LOG_INTERVAL, 1,
-                                                           kind=int),
+        cutmix=semi and _cutmix(cfg),
+        log_interval=_number(cfg, "trainer.log_interval", DEFAULT_LOG_INTERVAL, 1, kind=int),
         save_interval=_number(cfg, "trainer.save_interval", 0, 0, kind=int),
         eval_on=eval_on,
         iterations=_whole_updates(iterations_per_epoch(data, batch_size, world_size, semi), batch.accumulation),
@@ -207,7 +208,7 @@ def plan_from_config(cfg, world_size=1):
         proto=proto_settings(cfg) if use_proto else None, batch_norm=batch_norm_settings(cfg),
         auto_resume=bool(get(cfg, "saver.auto_resume", False)), net=net_config(cfg),
         criterion=supervised_criterion(cfg))
-    method = method_class(cfg, plan)
+    method = method_class(cfg, plan)  # from the plan (semi, use_proto) and trainer.prototype
     return replace(plan, method=method, method_settings=method.settings_from_config(cfg, plan))
 
 

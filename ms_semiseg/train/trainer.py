@@ -372,8 +372,8 @@ def _train(args, cfg, plan, files, seed, pretrained, data_root, resume, device, 
     ms.set_context(mode=ms.GRAPH_MODE)
     save_run_config(cfg, files)
     devices = f" x {world_size} devices" if world_size > 1 else ""
-    say(f"{plan.method.title} on {device}: {plan.epochs} epochs x {plan.iterations} iterations, batch {plan.batch_size}{devices}, "
-        f"crop {plan.crop[0]}x{plan.crop[1]}, seed {seed} -> {files.work_dir}")
+    say(f"{plan.method.title} on {device}: {plan.epochs} epochs x {plan.iterations} iterations, "
+        f"batch {plan.batch_size}{devices}, crop {plan.crop[0]}x{plan.crop[1]}, seed {seed} -> {files.work_dir}")
     say(plan.batch.describe(plan.semi, plan.optimizer.lr))
     if not pretrained and not resume:
         say("note: no --pretrained backbone (nor saver.pretrain): the encoder starts from random weights; U2PL/PCR "
