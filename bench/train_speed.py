@@ -141,7 +141,7 @@ def build_trainer(args):
         raise SystemExit(f"--semi: {args.config} trains no mean teacher (trainer.unsupervised, sup_only_epoch)")
     files = RunFiles.from_config(cfg, os.path.join(folder, "run"))
     os.makedirs(files.checkpoint_dir)
-    trainer = Trainer(cfg, plan, files, 0)
+    trainer = Trainer(plan, files, 0)
     images, labels = batch(args, int(cfg["net"]["num_classes"]))
     data = {"image_l": images, "label_l": labels, "image_u": images[::-1].copy()}
     semi_epoch = plan.sup_only_epoch

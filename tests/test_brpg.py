@@ -42,6 +42,11 @@ def tiny_cfg(**prototype):
             "dataset": {"train": {"crop": {"size": [H, H]}}}, "net": {"num_classes": C}}
 
 
+def brpg_state(cfg, **kwargs):
+    """BRPGState of a `tiny_cfg` (the trainer builds it from the validated settings and the plan's crop, epochs)."""
+    return BRPGState(BRPGSettings.from_config(cfg, C), C, (H, H), cfg["trainer"]["epochs"], D, **kwargs)
+
+
 def random_step(rng, batch=B):
     """Tensors of one sampling step: student labeled outputs, GT, teacher unlabeled outputs."""
     def normal(*shape, scale=1.0):
@@ -53,7 +58,7 @@ def random_step(rng, batch=B):
 
 
 def filled_state(seed=0, steps=3, **prototype):
-    state = BRPGState(tiny_cfg(**prototype), C, D, log=lambda message: None)
+    state = brpg_state(tiny_cfg(**prototype), log=lambda message: None)
     rng = np.random.default_rng(seed)
     for _ in range(steps):
         state.enqueue(*random_step(rng), rng)
@@ -155,7 +160,7 @@ def one_hot_logits(pred, conf):
 @pytest.mark.numeric
 def test_cpg_fixed_thresholds_route_pixels_as_upstream():
     """Confidences 0.5/0.79/0.81/0.95 against thresholds 0.8: 0.01 from a tie, rounding cannot reroute a pixel."""
-    state = BRPGState(tiny_cfg(sample_pixel_num=1000), C, D)
+    state = brpg_state(tiny_cfg(sample_pixel_num=1000))
     rng = np.random.default_rng(3)
     shape = (1, h, h)
     pred_l, conf_l = rng.integers(0, C, shape), rng.choice([0.5, 0.79, 0.81, 0.95], shape)
@@ -187,7 +192,7 @@ def test_cpg_fixed_thresholds_route_pixels_as_upstream():
 
 
 def test_cpg_budget_caps_high_and_low_rows():
-    state = BRPGState(tiny_cfg(sample_pixel_num=3, high_threshold=0.0), C, D)
+    state = brpg_state(tiny_cfg(sample_pixel_num=3, high_threshold=0.0))
     rng = np.random.default_rng(4)
     rep_l, logits_l, label, rep_u, logits_u = random_step(rng)
     *_, set_id, valid = state.sampler(rep_l, logits_l, Tensor(label), rep_u, logits_u,
@@ -199,8 +204,8 @@ def test_cpg_budget_caps_high_and_low_rows():
 
 @pytest.mark.numeric
 def test_csp_confidence_ema_and_thresholds():
-    state = BRPGState(tiny_cfg(threshold_type="csp", thre_min=0.7, thre_max=0.75, fix_class=[2],
-                               thre_update=0.9, init_prob=0.8), C, D)
+    state = brpg_state(tiny_cfg(threshold_type="csp", thre_min=0.7, thre_max=0.75, fix_class=[2],
+                                thre_update=0.9, init_prob=0.8))
     rng = np.random.default_rng(5)
     rep_l, logits_l, label, *_ = random_step(rng)
     tau, bound = state.sampler.class_thresholds(logits_l, Tensor(label))
@@ -263,7 +268,7 @@ def test_apo_ties_and_empty_queues():
 
 def blob_state(**prototype):
     """A state whose queues hold, per class and set, two separated blobs (deterministic)."""
-    state = BRPGState(tiny_cfg(**prototype), C, D, log=lambda message: None)
+    state = brpg_state(tiny_cfg(**prototype), log=lambda message: None)
     rng = np.random.default_rng(7)
     rows = np.zeros((2, C, 16, D + 1), np.float32)
     for s, c in np.ndindex(2, C):
@@ -314,7 +319,7 @@ def test_apo_padding_repeats_the_last_prototype_and_masks_it():
 
 def test_too_few_samples_fallback_is_logged_and_error_mode_raises():
     messages = []
-    state = BRPGState(tiny_cfg(proto_add=False), C, D, log=messages.append)
+    state = brpg_state(tiny_cfg(proto_add=False), log=messages.append)
     rows = np.zeros((2, C, 16, D + 1), np.float32)
     rows[..., :D] = np.random.default_rng(8).standard_normal((2, C, 16, D))
     fill = np.array([[16, 1, 0], [16, 16, 0]], np.int32)  # class 1: one high row; class 2: nothing at all
@@ -329,7 +334,7 @@ def test_too_few_samples_fallback_is_logged_and_error_mode_raises():
     assert any("class 2 has no prototype" in m for m in messages)
     target = Tensor(np.array([0, 1, 2, 255], np.int32))
     np.testing.assert_array_equal(targets_with_prototypes(target, state.bank.valid).asnumpy(), [0, 1, 255, 255])
-    strict = BRPGState(tiny_cfg(proto_add=False, too_few_samples="error"), C, D)
+    strict = brpg_state(tiny_cfg(proto_add=False, too_few_samples="error"))
     strict.load_state_dict(saved)
     with pytest.raises(UserError, match="class 1 high queue holds 1 feature"):
         strict.cluster()
@@ -366,7 +371,7 @@ def torch_reference_loss(rep_l, label_l, rep_u, pseudo_u, conf_u, noise_u, thr, 
 
 def clustered_state(rng, **prototype):
     """A state with random prototypes: class c has 1 + c % 2 high and 2 low real ones, padded upstream-style."""
-    state = BRPGState(tiny_cfg(proto_add=True, add_num=1, **prototype), C, D, log=lambda message: None)
+    state = brpg_state(tiny_cfg(proto_add=True, add_num=1, **prototype), log=lambda message: None)
     slots = state.settings.slots
     protos = rng.standard_normal((C, slots, D)).astype(np.float32)
     valid = np.zeros((C, slots), np.float32)
@@ -513,7 +518,7 @@ def test_state_round_trip_across_clustering():
     original = filled_state(seed=11, steps=2, **options)
     saved = copy.deepcopy(original.state_dict())
     assert not np.allclose(saved["confidence_ema"], 0.8)
-    restored = BRPGState(tiny_cfg(**options), C, D, log=lambda message: None)
+    restored = brpg_state(tiny_cfg(**options), log=lambda message: None)
     restored.load_state_dict(saved)
     for s, c in np.ndindex(2, C):
         for a, b in zip(original.queues.contents(s, c), restored.queues.contents(s, c)):
@@ -529,7 +534,7 @@ def test_state_round_trip_across_clustering():
     after = original.state_dict()
     np.testing.assert_array_equal(after["protos"], restored.bank.protos.asnumpy())
     assert after["queue_rows"].shape[2] == 0 and int(after["clustered"]) == 1
-    resumed = BRPGState(tiny_cfg(**options), C, D)
+    resumed = brpg_state(tiny_cfg(**options))
     resumed.load_state_dict(copy.deepcopy(after))
     assert resumed.clustered and not resumed.should_cluster(epoch=3, step=0)
     np.testing.assert_array_equal(resumed.bank.protos.asnumpy(), after["protos"])
@@ -538,13 +543,13 @@ def test_state_round_trip_across_clustering():
 
 def test_state_load_rejects_another_config():
     state = filled_state(steps=1)
-    other = BRPGState(tiny_cfg(queue_len=8), C, D)
+    other = brpg_state(tiny_cfg(queue_len=8))
     with pytest.raises(UserError, match="queue_rows has shape"):
         other.load_state_dict(state.state_dict(), source="last.ckpt")
 
 
 def test_schedule_window_and_clustering_point():
-    state = BRPGState(tiny_cfg(sample_delay=1, sample_last=2), C, D)
+    state = brpg_state(tiny_cfg(sample_delay=1, sample_last=2))
     assert [state.in_sampling_window(e) for e in range(5)] == [False, True, True, False, False]
     assert [state.loss_active(e) for e in range(5)] == [False, False, False, True, True]
     assert not state.should_cluster(2, 5) and state.should_cluster(3, 0)

@@ -32,6 +32,7 @@ from ms_semiseg.losses import build_criterion, supervised_criterion
 from ms_semiseg.models.layers import batch_norm, conv2d
 from ms_semiseg.engine import ema, optim
 from ms_semiseg.methods.brpg.method import BRPGTraining, check_brpg_config
+from ms_semiseg.methods.brpg.settings import BRPGSettings
 from ms_semiseg.engine.steps import CONFIDENCE, LossSettings, MeanTeacherPair
 from ms_semiseg.train.trainer import plan_from_config
 
@@ -172,7 +173,8 @@ def clustered_brpg(protos, valid):
                        "prototype": {"grid_num": 4, "unsup_sample_num": 40, "pseudo_ramp_start_epoch": None,
                                      "pseudo_threshold": 0.3, "queue_len": 8}},
            "dataset": {"train": {"crop": {"size": [H, H]}}}, "net": {"num_classes": C}}
-    brpg = BRPGTraining(cfg, SimpleNamespace(iterations=2, batch_size=B), seed=0, feat_dim=D)
+    plan = SimpleNamespace(iterations=2, batch_size=B, num_classes=C, crop=(H, H), epochs=6)
+    brpg = BRPGTraining(BRPGSettings.from_config(cfg, C), plan, seed=0, feat_dim=D)
     brpg.load_checkpoint_arrays({"brpg.clustered": np.array(1, np.int32), "brpg.protos": protos,
                                  "brpg.proto_valid": valid, "brpg.confidence_ema": np.full(C, 0.8, np.float32)})
     return brpg
@@ -271,7 +273,8 @@ def test_brpg_needs_the_semi_supervised_trainer(tmp_path):
 
 def test_a_last_checkpoint_without_brpg_state_is_refused(tmp_path):
     cfg = brpg_cfg_with(tmp_path)
-    brpg = BRPGTraining(cfg, plan_from_config(cfg), seed=2)
+    plan = plan_from_config(cfg)
+    brpg = BRPGTraining(plan.method_settings, plan, seed=2)
     with pytest.raises(UserError, match="^last.ckpt: BRPG state lacks"):
         brpg.load_checkpoint_arrays({"student.encoder.conv1.weight": np.zeros(1)})
     saved = brpg.checkpoint_arrays()
@@ -397,18 +400,19 @@ def test_strong_view_draws_follow_unimatch_probabilities_and_ranges():
 
 def test_pipeline_adds_a_reproducible_strong_view_of_the_weak_crop(tmp_path):
     from ms_semiseg.engine.pipeline import build_train_pipeline
+    from ms_semiseg.engine.train_data import train_data
     cfg = tiny_brpg_config(tmp_path)
-    first = next(iter(build_train_pipeline(cfg, 2, 1, 2)))
-    again = next(iter(build_train_pipeline(cfg, 2, 1, 2, num_workers=2)))
+    first = next(iter(build_train_pipeline(train_data(cfg), 2, 1, 2)))
+    again = next(iter(build_train_pipeline(train_data(cfg), 2, 1, 2, num_workers=2)))
     assert set(first) == {"image_l", "label_l", "image_u", "image_u_strong"}
     for name in first:
         np.testing.assert_array_equal(first[name], again[name], err_msg=name)
     weak, strong = first["image_u"], first["image_u_strong"]
     assert strong.shape == weak.shape and strong.dtype == np.float32 and not np.allclose(strong, weak, atol=0.1)
     cfg["dataset"]["train"]["strong_view"] = False
-    plain = next(iter(build_train_pipeline(cfg, 2, 1, 2)))
+    plain = next(iter(build_train_pipeline(train_data(cfg), 2, 1, 2)))
     assert set(plain) == {"image_l", "label_l", "image_u"}
     np.testing.assert_array_equal(plain["image_u"], weak)  # the weak view is unchanged by the option
     cfg["dataset"]["train"]["strong_view"] = "yes"
     with pytest.raises(UserError, match="dataset.train.strong_view"):
-        build_train_pipeline(cfg, 2, 1, 2)
+        build_train_pipeline(train_data(cfg), 2, 1, 2)

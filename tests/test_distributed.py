@@ -40,8 +40,8 @@ import pytest
 
 from fixtures import make_voc_fixture
 from helpers import REPO_ROOT, assert_user_error, point_at_data, run_module, tiny_config, write_config
-from ms_semiseg.engine.distributed import (DataParallel, decode_digits, encode_digits, freeze_batch_norm,
-                                          use_sync_bn)
+from ms_semiseg.engine.distributed import (DataParallel, batch_norm_settings, decode_digits, encode_digits,
+                                          freeze_batch_norm, use_sync_bn)
 
 IDS = [f"2007_{i:06d}" for i in range(12)]
 TRAIN_SH = os.path.join(REPO_ROOT, "experiments", "pascal", "92", "ours", "train.sh")
@@ -55,10 +55,11 @@ RUN_TIMEOUT = 1500
 
 def test_local_rows_are_the_rows_the_pipeline_gives_each_rank(tmp_path):
     from ms_semiseg.engine.pipeline import build_train_pipeline
+    from ms_semiseg.engine.train_data import train_data
     cfg = tiny_dataset_config(tmp_path)
-    whole = list(build_train_pipeline(cfg, 2, 0, 4, num_workers=1))
+    whole = list(build_train_pipeline(train_data(cfg), 2, 0, 4, num_workers=1))
     for rank in range(2):
-        shard = list(build_train_pipeline(cfg, 2, 0, 2, rank=rank, world_size=2, num_workers=1))
+        shard = list(build_train_pipeline(train_data(cfg), 2, 0, 2, rank=rank, world_size=2, num_workers=1))
         rows = DataParallel(rank, 2).local_rows(2)
         assert len(shard) == len(whole) == 2
         for local, global_batch in zip(shard, whole):
@@ -97,16 +98,18 @@ def test_counts_sum_exactly_through_float32_digits():
 
 
 def test_sync_batch_norm_only_where_the_backend_has_it():
-    cfg = {"net": {"sync_bn": True}, "trainer": {}}
+    settings = batch_norm_settings({"net": {"sync_bn": True}, "trainer": {}})
     warnings = []
-    assert use_sync_bn(cfg, DataParallel(0, 2, "GPU"), warnings.append)
-    assert use_sync_bn(cfg, DataParallel(1, 8, "Ascend"), warnings.append)
-    assert not use_sync_bn(cfg, DataParallel(0, 1, "GPU"), warnings.append)  # one device: nothing to sync
-    assert not use_sync_bn({"net": {"sync_bn": False}}, DataParallel(0, 2, "GPU"), warnings.append)
-    assert not use_sync_bn({"net": {}, "trainer": {"freeze_bn": True}}, DataParallel(0, 2, "GPU"), warnings.append)
+    assert use_sync_bn(settings, DataParallel(0, 2, "GPU"), warnings.append)
+    assert use_sync_bn(settings, DataParallel(1, 8, "Ascend"), warnings.append)
+    assert not use_sync_bn(settings, DataParallel(0, 1, "GPU"), warnings.append)  # one device: nothing to sync
+    off = batch_norm_settings({"net": {"sync_bn": False}})
+    assert not use_sync_bn(off, DataParallel(0, 2, "GPU"), warnings.append)
+    frozen = batch_norm_settings({"net": {}, "trainer": {"freeze_bn": True}})
+    assert not use_sync_bn(frozen, DataParallel(0, 2, "GPU"), warnings.append)
     assert warnings == []
-    assert not use_sync_bn(cfg, DataParallel(1, 2, "CPU"), warnings.append)  # rank 1 does not print
-    assert not use_sync_bn(cfg, DataParallel(0, 2, "CPU"), warnings.append)
+    assert not use_sync_bn(settings, DataParallel(1, 2, "CPU"), warnings.append)  # rank 1 does not print
+    assert not use_sync_bn(settings, DataParallel(0, 2, "CPU"), warnings.append)
     assert len(warnings) == 1 and warnings[0].startswith("warning: net.sync_bn") and "CPU" in warnings[0]
 
 

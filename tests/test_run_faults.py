@@ -192,7 +192,7 @@ def test_pipeline_workers_raise_the_readers_user_error_or_skip_the_sample():
 
 
 def test_on_bad_image_is_validated():
-    from ms_semiseg.engine.pipeline import on_bad_image
+    from ms_semiseg.engine.train_data import on_bad_image
     assert on_bad_image({"dataset": {}}) == "error"
     with pytest.raises(UserError, match="dataset.on_bad_image: 'ignore' is not supported, expected error"):
         on_bad_image({"dataset": {"on_bad_image": "ignore"}})

@@ -9,13 +9,8 @@ from ms_semiseg.config import load_config
 from ms_semiseg.data.datasets import read_image
 from ms_semiseg.data.transforms import build_transform
 from ms_semiseg.errors import UserError
-from ms_semiseg.engine.pipeline import (
-    build_train_pipeline,
-    check_train_crop,
-    iterations_per_epoch,
-    u2pl_entries,
-    unlabeled_list_path,
-)
+from ms_semiseg.engine.pipeline import build_train_pipeline, iterations_per_epoch, u2pl_entries
+from ms_semiseg.engine.train_data import check_train_crop, train_data, unlabeled_list_path
 from tests.fixtures import make_voc_fixture
 from tests.helpers import tiny_config, write_config
 
@@ -43,7 +38,7 @@ def make_cfg(voc, crop=(CROP, CROP), workers=2):
 
 
 def batches(cfg, seed=2, epoch=0, batch_size=2, **kwargs):
-    return list(build_train_pipeline(cfg, seed, epoch, batch_size, **kwargs))
+    return list(build_train_pipeline(train_data(cfg), seed, epoch, batch_size, **kwargs))
 
 
 def rows(batch_list):
@@ -71,7 +66,7 @@ def find_row(image, candidates):
 
 def test_batch_layout_and_dtypes(voc):
     cfg = make_cfg(voc)
-    pipeline = build_train_pipeline(cfg, 2, 0, 2)
+    pipeline = build_train_pipeline(train_data(cfg), 2, 0, 2)
     out = list(pipeline)
     assert len(pipeline) == len(out) == 8 // 2
     for batch in out:
@@ -118,7 +113,7 @@ def test_deterministic_in_seed_and_epoch_whatever_the_worker_count(voc):
 def test_resume_inside_an_epoch_replays_the_remaining_batches(voc):
     cfg = make_cfg(voc)
     full = batches(cfg, seed=3, epoch=4)
-    pipeline = build_train_pipeline(cfg, 3, 4, 2, start_iteration=3)
+    pipeline = build_train_pipeline(train_data(cfg), 3, 4, 2, start_iteration=3)
     assert len(pipeline) == 1
     assert_same_batches(full[3:], list(pipeline))
 
@@ -142,21 +137,21 @@ def test_two_ranks_partition_each_global_batch(voc):
 
 def test_supervised_only_epoch_follows_the_labeled_list(voc):
     cfg = make_cfg(voc)
-    pipeline = build_train_pipeline(cfg, 2, 0, 1, semi=False)
+    pipeline = build_train_pipeline(train_data(cfg), 2, 0, 1, semi=False)
     out = list(pipeline)
-    assert len(pipeline) == len(out) == 3 == iterations_per_epoch(cfg, 1, 1, semi=False)
+    assert len(pipeline) == len(out) == 3 == iterations_per_epoch(train_data(cfg), 1, 1, semi=False)
     assert all(sorted(batch) == ["image_l", "label_l"] for batch in out)
-    assert iterations_per_epoch(cfg, 2, 1, semi=False) == 1  # drop_last: 3 // 2
+    assert iterations_per_epoch(train_data(cfg), 2, 1, semi=False) == 1  # drop_last: 3 // 2
 
 
 def test_iterations_per_epoch(voc):
     cfg = make_cfg(voc)
-    assert iterations_per_epoch(cfg, 2, 1) == 4
-    assert iterations_per_epoch(cfg, 3, 1) == 2  # 8 // 3, drop_last
-    assert iterations_per_epoch(cfg, 2, 2) == 2
-    assert iterations_per_epoch(cfg, 3, 2) == 1
+    assert iterations_per_epoch(train_data(cfg), 2, 1) == 4
+    assert iterations_per_epoch(train_data(cfg), 3, 1) == 2  # 8 // 3, drop_last
+    assert iterations_per_epoch(train_data(cfg), 2, 2) == 2
+    assert iterations_per_epoch(train_data(cfg), 3, 2) == 1
     with pytest.raises(UserError, match="dataset.batch_size"):
-        iterations_per_epoch(cfg, 5, 2)
+        iterations_per_epoch(train_data(cfg), 5, 2)
 
 
 def test_u2pl_labeled_repeat_matches_random_sample_with_the_seed():
@@ -172,22 +167,22 @@ def test_u2pl_labeled_repeat_matches_random_sample_with_the_seed():
 
 def test_unlabeled_list_derived_or_configured(voc, tmp_path):
     cfg = make_cfg(voc)
-    assert unlabeled_list_path(cfg) == voc["lists"]["unlabeled"]
+    assert unlabeled_list_path(train_data(cfg)) == voc["lists"]["unlabeled"]
     other = tmp_path / "mine.txt"
     other.write_text("".join(s + "\n" for s in UNLABELED[:4]))
     config_path = write_config(make_cfg(voc), str(tmp_path / "exp"))
     cfg = load_config(config_path, [f"dataset.train.unlabeled_list={other}"])
-    assert unlabeled_list_path(cfg) == str(other)
-    assert iterations_per_epoch(cfg, 2, 1) == 2
+    assert unlabeled_list_path(train_data(cfg)) == str(other)
+    assert iterations_per_epoch(train_data(cfg), 2, 1) == 2
     cfg["dataset"]["train"].pop("unlabeled_list")
     cfg["dataset"]["train"]["data_list"] = str(other)
     with pytest.raises(UserError, match="dataset.train.data_list.*unlabeled_list"):
-        unlabeled_list_path(cfg)
+        unlabeled_list_path(train_data(cfg))
 
 
 def test_crop_errors(voc):
     with pytest.raises(UserError, match=r"dataset.train.crop.size: \[33, 41\] is not square"):
-        build_train_pipeline(make_cfg(voc, crop=(33, 41)), 2, 0, 2)
+        build_train_pipeline(train_data(make_cfg(voc, crop=(33, 41))), 2, 0, 2)
     with pytest.raises(UserError, match="dataset.train.crop.size: 17 is smaller than"):
         check_train_crop(make_cfg(voc, crop=(17, 17)))
     no_proto = make_cfg(voc, crop=(33, 41))

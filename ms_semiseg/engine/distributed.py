@@ -138,17 +138,24 @@ def start(device=None, expected_world_size=None):
 # -------------------------------------------------------------------------------------------------- BatchNorm
 
 
-def freeze_bn_requested(cfg):
-    value = get(cfg, "trainer.freeze_bn", False)
-    check("trainer.freeze_bn", value, isinstance(value, bool), "true or false")
-    return value
+@dataclass(frozen=True)
+class BatchNormSettings:
+    """`net.sync_bn` (upstream default True) and `trainer.freeze_bn` (default false), validated at start-up."""
+    sync: bool = True
+    freeze: bool = False
 
 
-def use_sync_bn(cfg, dist=None, warn=print):
-    """Whether the models get SyncBatchNorm: `net.sync_bn` (upstream default True), more than one device, a
+def batch_norm_settings(cfg):
+    freeze = get(cfg, "trainer.freeze_bn", False)
+    check("trainer.freeze_bn", freeze, isinstance(freeze, bool), "true or false")
+    return BatchNormSettings(sync=bool(get(cfg, "net.sync_bn", True)), freeze=freeze)  # upstream: any truthy value
+
+
+def use_sync_bn(settings, dist=None, warn=print):
+    """Whether the models get SyncBatchNorm: `net.sync_bn` (BatchNormSettings), more than one device, a
     backend that has it, and BatchNorm not frozen. On CPU, one warning line and per-device BatchNorm."""
     dist = dist or _CONTEXT
-    if not (dist.enabled and get(cfg, "net.sync_bn", True)) or freeze_bn_requested(cfg):
+    if not (dist.enabled and settings.sync) or settings.freeze:
         return False
     if dist.device not in SYNC_BN_DEVICES:
         if dist.is_main:

@@ -34,89 +34,18 @@ import threading
 import mindspore.dataset as ds
 import numpy as np
 
-from ms_semiseg.config import check, get, resolve_path
-from ms_semiseg.data.datasets import build_dataset, derive_unlabeled_list, read_split_list
-from ms_semiseg.data.transforms import build_transform, strong_view, strong_view_enabled
+from ms_semiseg.data.datasets import build_dataset, read_split_list
+from ms_semiseg.data.transforms import build_transform, strong_view
 from ms_semiseg.errors import MarkedUserError, UserError, user_error_in
 
 from .seeds import Stream, stream_rng
+from .train_data import labeled_list_path, positive_int, required_path, unlabeled_list_path
 
 LABELED_STREAM, UNLABELED_STREAM = 0, 1
-DEFAULT_WORKERS = 2  # U2PL's `dataset.workers` default
 # Threads, not processes: on the 2-core CPU box (375x500 JPEG pairs, crop 321, batch 2, 2 workers) threads gave
 # 36-39 pairs/s and processes 28-34 (they pickle the source, start a pool per epoch and copy rows through shared
 # memory); cv2 decode/resize and large numpy ops release the GIL, so threads still run in parallel.
 PYTHON_MULTIPROCESSING = False
-DEFAULT_GRANULARITY = 32
-ON_BAD_IMAGE = ("error", "skip")
-
-
-# ----------------------------------------------------------------------------------------------------- config
-
-
-def _required_path(cfg, key):
-    value = get(cfg, key)
-    if not value:
-        raise UserError(f"{key}: missing, expected a path")
-    return resolve_path(cfg, value)
-
-
-def labeled_list_path(cfg):
-    return _required_path(cfg, "dataset.train.data_list")
-
-
-def unlabeled_list_path(cfg):
-    """`dataset.train.unlabeled_list`, else U2PL's convention: labeled.txt -> unlabeled.txt beside it."""
-    if get(cfg, "dataset.train.unlabeled_list"):
-        return _required_path(cfg, "dataset.train.unlabeled_list")
-    labeled = labeled_list_path(cfg)
-    unlabeled = derive_unlabeled_list(labeled)
-    if unlabeled == labeled:
-        raise UserError(f"dataset.train.data_list: {labeled} has no 'labeled.txt' in its name to derive the "
-                        "unlabeled list from, expected .../labeled.txt or dataset.train.unlabeled_list to be set")
-    return unlabeled
-
-
-def train_data_root(cfg, override=None):
-    """dataset.train.data_root (relative to the config's folder), or `override` (a command-line path: cwd)."""
-    if override:
-        return os.path.abspath(os.path.expanduser(override))
-    return _required_path(cfg, "dataset.train.data_root")
-
-
-def patch_select_granularity(cfg):
-    """G of the proto head's G x G patch mask (spec C.2), or None when the config uses no patch mask."""
-    proto_cfg = get(cfg, "net.proto_head")
-    if not proto_cfg or not proto_cfg.get("patch_select", False):
-        return None
-    return int(proto_cfg.get("select_granularity", DEFAULT_GRANULARITY))
-
-
-def check_train_crop(cfg):
-    """(h, w) of the training crop; batches need one size, and the patch mask a square of at least G pixels."""
-    transform = build_transform(get(cfg, "dataset") or {}, "train")
-    if not transform.crop_size:
-        raise UserError("dataset.train.crop: missing, expected {type: rand, size: [h, w]} (training batches need "
-                        "one image size)")
-    height, width = transform.crop_size
-    granularity = patch_select_granularity(cfg)
-    if granularity and height != width:
-        raise UserError(f"dataset.train.crop.size: [{height}, {width}] is not square, expected h == w because "
-                        "net.proto_head.patch_select samples one pixel per cell of a square "
-                        f"{granularity}x{granularity} patch grid")
-    if granularity and height < granularity:
-        raise UserError(f"dataset.train.crop.size: {height} is smaller than net.proto_head.select_granularity "
-                        f"{granularity}, expected a crop of at least {granularity} pixels")
-    return height, width
-
-
-def on_bad_image(cfg):
-    """`dataset.on_bad_image`: 'error' (default) or 'skip' (see the module notes)."""
-    value = get(cfg, "dataset.on_bad_image", "error")
-    if value not in ON_BAD_IMAGE:
-        raise UserError(f"dataset.on_bad_image: {value!r} is not supported, expected error (stop with the file's "
-                        "name) or skip (train without the sample, listed at the end)")
-    return value
 
 
 class SkippedSamples:
@@ -175,10 +104,6 @@ def _registered_skipped(key):
     return _SKIPPED_REGISTRY.get(key) or SkippedSamples()
 
 
-def _positive_int(value, key):
-    return check(key, value, not isinstance(value, bool) and isinstance(value, int) and value >= 1, "a positive int")
-
-
 # ------------------------------------------------------------------------------------------------ composition
 
 
@@ -192,16 +117,16 @@ def u2pl_entries(indices, length, seed):
     return random.Random(seed).sample(indices, length)
 
 
-def epoch_length(cfg, semi=True):
-    """Rows per epoch before batching: N_u (semi) or n_l (supervised-only)."""
-    path = unlabeled_list_path(cfg) if semi else labeled_list_path(cfg)
+def epoch_length(data, semi=True):
+    """Rows per epoch before batching: N_u (semi) or n_l (supervised-only); `data`: the run's TrainData."""
+    path = unlabeled_list_path(data) if semi else labeled_list_path(data)
     return len(read_split_list(path))
 
 
-def iterations_per_epoch(cfg, batch_size, world_size=1, semi=True):
+def iterations_per_epoch(data, batch_size, world_size=1, semi=True):
     """N // (batch_size * world_size), N as in `epoch_length`; reads only the split lists."""
-    global_batch = _positive_int(batch_size, "dataset.batch_size") * _positive_int(world_size, "world_size")
-    rows = epoch_length(cfg, semi)
+    global_batch = positive_int(batch_size, "dataset.batch_size") * positive_int(world_size, "world_size")
+    rows = epoch_length(data, semi)
     iterations = rows // global_batch
     if iterations == 0:
         kind = "unlabeled" if semi else "labeled"
@@ -332,28 +257,28 @@ def _reinstall(handlers):
             signal.signal(signum, handler)
 
 
-def train_readers(cfg, semi, data_root=None):
-    """(labeled reader, unlabeled reader or None) of dataset.train (data_root overrides its data_root)."""
-    dataset_cfg = get(cfg, "dataset") or {}
-    root = train_data_root(cfg, data_root)
-    num_classes = get(cfg, "net.num_classes")
-    labeled = build_dataset(dataset_cfg, "train", root, labeled_list_path(cfg), num_classes)
+def train_data_root(data, override=None):
+    """dataset.train.data_root (relative to the config's folder), or `override` (a command-line path: cwd)."""
+    if override:
+        return os.path.abspath(os.path.expanduser(override))
+    return required_path(data.root, "dataset.train.data_root")
+
+
+def train_readers(data, semi, data_root=None):
+    """(labeled reader, unlabeled reader or None) of the TrainData `data` (data_root overrides its data_root)."""
+    root = train_data_root(data, data_root)
+    labeled = build_dataset(data.section, "train", root, labeled_list_path(data), data.num_classes)
     unlabeled = None
     if semi:
-        unlabeled = build_dataset(dataset_cfg, "train", root, unlabeled_list_path(cfg), num_classes,
+        unlabeled = build_dataset(data.section, "train", root, unlabeled_list_path(data), data.num_classes,
                                   with_labels=False)
     return labeled, unlabeled
 
 
-def _worker_count(cfg, num_workers):
-    if num_workers is None:
-        return _positive_int(get(cfg, "dataset.workers", DEFAULT_WORKERS), "dataset.workers")
-    return _positive_int(num_workers, "num_workers")
-
-
-def build_train_pipeline(cfg, seed, epoch, batch_size, rank=0, world_size=1, num_workers=None, semi=True,
+def build_train_pipeline(data, seed, epoch, batch_size, rank=0, world_size=1, num_workers=None, semi=True,
                          start_iteration=0, data_root=None, iterations=None, skipped=None):
     """Batches of epoch `epoch` for `rank` of `world_size` (module notes); deterministic in (seed, epoch).
+    `data`: the run's TrainData (`train_data.train_data(cfg)`).
 
     start_iteration: skip that many iterations (resume inside an epoch); `len()` counts the remaining ones.
     num_workers: parallel loader workers, default `dataset.workers`. data_root overrides dataset.train.data_root.
@@ -363,25 +288,24 @@ def build_train_pipeline(cfg, seed, epoch, batch_size, rank=0, world_size=1, num
     """
     if not 0 <= rank < world_size:
         raise ValueError(f"rank {rank} is outside 0..{world_size - 1}")
-    check_train_crop(cfg)
-    full = iterations_per_epoch(cfg, batch_size, world_size, semi)
+    full = iterations_per_epoch(data, batch_size, world_size, semi)
     iterations = full if iterations is None else iterations
     if not 0 < iterations <= full:
         raise ValueError(f"iterations {iterations} is outside 1..{full}")
     if not 0 <= start_iteration <= iterations:
         raise ValueError(f"start_iteration {start_iteration} is outside 0..{iterations}")
-    if on_bad_image(cfg) == "skip":
+    if data.on_bad_image == "skip":
         skipped = SkippedSamples() if skipped is None else skipped
     else:
         skipped = None
-    labeled, unlabeled = train_readers(cfg, semi, data_root)
+    labeled, unlabeled = train_readers(data, semi, data_root)
     global_batch = batch_size * world_size
     orders = _epoch_orders(_per_run_entries(labeled, unlabeled, seed), seed, epoch)
-    strong = semi and strong_view_enabled(cfg["dataset"])
-    source = _EpochSource(labeled, unlabeled, build_transform(cfg["dataset"], "train"), seed, epoch, orders,
+    strong = semi and data.strong_view
+    source = _EpochSource(labeled, unlabeled, build_transform(data.section, "train"), seed, epoch, orders,
                           start_iteration * global_batch, iterations * global_batch, strong, skipped)
     columns = ["image_l", "label_l"] + (["image_u"] if semi else []) + (["image_u_strong"] if strong else [])
-    workers = _worker_count(cfg, num_workers)
+    workers = data.workers if num_workers is None else positive_int(num_workers, "num_workers")
     dataset = ds.GeneratorDataset(
         source, column_names=columns, shuffle=False, num_parallel_workers=workers,
         python_multiprocessing=PYTHON_MULTIPROCESSING and workers > 1,

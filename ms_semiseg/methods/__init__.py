@@ -18,7 +18,7 @@ from .supervised import Supervised
 
 def method_class(cfg, plan):
     """The Method subclass the config and its plan (`train/plan.py`) ask for."""
-    if brpg_enabled(cfg):  # first: its check_config names what BRPG is missing
+    if brpg_enabled(cfg):  # first: its settings_from_config names what BRPG is missing
         from .brpg.method import BRPG  # imported here: BRPG's k-means (sklearn) costs ~1.5 s at every start-up
         return BRPG
     if not plan.semi:
@@ -26,9 +26,10 @@ def method_class(cfg, plan):
     return PCR if plan.use_proto else MeanTeacher
 
 
-def build_method(cfg, plan, seed, student=None):
-    """The run's method; `student`: the student model (BRPG sizes its state by the model's `rep` head)."""
-    return method_class(cfg, plan)(cfg, plan, seed, student)
+def build_method(plan, seed, student=None):
+    """The run's method (`plan.method`, with `plan.method_settings`); `student`: the student model (BRPG sizes its
+    state by the model's `rep` head)."""
+    return plan.method(plan, seed, student)
 
 
 __all__ = ["Method", "method_class", "build_method"]

@@ -54,12 +54,14 @@ class Method:
     proto_head = False  # PCR's prototype head: validated as a second head, its initial bank written to the run
     has_state = False  # has arrays of its own in last.ckpt (`checkpoint_arrays`)
 
-    def __init__(self, cfg, plan, seed, student=None):
-        self.cfg, self.plan, self.seed = cfg, plan, seed
+    def __init__(self, plan, seed, student=None):
+        self.plan, self.seed = plan, seed
 
     @classmethod
-    def check_config(cls, cfg, plan):
-        """UserError before anything is written when the method cannot run with this config."""
+    def settings_from_config(cls, cfg, plan):
+        """The method's own settings (`plan.method_settings`), validated at start-up by `plan_from_config`: a
+        UserError before anything is written when the method cannot run with this config. None: it has none."""
+        return None
 
     def stat_shapes(self, pair):
         """Shapes of the step statistics summed over accumulated micro-batches (None: none)."""

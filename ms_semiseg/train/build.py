@@ -3,10 +3,9 @@ checkpoint, frozen BatchNorm when asked, and identical on every data-parallel re
 import mindspore as ms
 from mindspore import Tensor
 
-from ..config import net_config
 from ..models import create_model
 from ..utils.checkpoint import compare_to_model, model_shapes, read_checkpoint, strip_prefix
-from ..engine.distributed import broadcast_parameters, freeze_batch_norm, freeze_bn_requested, use_sync_bn
+from ..engine.distributed import broadcast_parameters, freeze_batch_norm, use_sync_bn
 from ..engine.ema import ema_parameter_pairs
 from ..engine.masks import install_host_dropout
 from .records import say
@@ -40,10 +39,10 @@ def load_pretrained(model, path):
     return len(params)
 
 
-def build_pair(cfg, plan, pretrained=None):
+def build_pair(plan, pretrained=None):
     """(MeanTeacherPair, student dropout cells, teacher dropout cells); the teacher starts as a copy."""
-    net_cfg = net_config(cfg)
-    sync_bn = use_sync_bn(cfg, warn=say)
+    net_cfg = plan.net
+    sync_bn = use_sync_bn(plan.batch_norm, warn=say)
     student = create_model(net_cfg, sync_bn=sync_bn)
     if pretrained:
         load_pretrained(student, pretrained)
@@ -54,7 +53,7 @@ def build_pair(cfg, plan, pretrained=None):
         teacher = create_model(net_cfg, sync_bn=sync_bn)
         teacher_drop = install_host_dropout(teacher, max_batch)
     pair = MeanTeacherPair(student, teacher)
-    if freeze_bn_requested(cfg):
+    if plan.batch_norm.freeze:
         freeze_batch_norm(pair)
     broadcast_parameters(pair)  # data parallel: every replica starts from rank 0's weights
     if teacher is not None:

@@ -1,21 +1,29 @@
 """The training plan: the config's training settings validated into one frozen object before anything is built
 or written (`plan_from_config`), and the data checks made before the first output file."""
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable
 
-from ..config import get, number as _number, resolve_path
+from ..config import get, net_config, number as _number, resolve_path
 from ..data.datasets import build_dataset
+from ..data.transforms import build_transform
 from ..errors import UserError
-from ..engine.pipeline import check_train_crop, iterations_per_epoch, on_bad_image, patch_select_granularity, train_readers
+from ..engine.distributed import BatchNormSettings, batch_norm_settings
 from ..engine.optim import OptimizerSettings, optimizer_settings
+from ..engine.pipeline import iterations_per_epoch, train_readers
 from ..engine.steps import CONFIDENCE, ENTROPY_DROP, LossSettings
+from ..engine.train_data import TrainData, train_data
+from ..losses import supervised_criterion
+from ..methods import method_class
+from ..methods.pcr.proto_init import ProtoSettings, proto_settings
 
 DEFAULT_LOG_INTERVAL = 10
 
 
 @dataclass(frozen=True)
 class TrainPlan:
-    """What the config asks for, validated before anything is built."""
+    """What the config asks for, validated before anything is built: the steps, methods, pipeline and optimizer
+    read this object (and the settings objects it holds), not the config."""
     epochs: int
     sup_only_epoch: int
     semi: bool
@@ -33,6 +41,19 @@ class TrainPlan:
     eval_on: bool
     iterations: int  # per epoch, micro-batches (a multiple of `accumulation`)
     batch: "GlobalBatch"  # defined below
+    data: TrainData  # dataset.train (and the validation split's paths)
+    val_crop: tuple  # dataset.val.crop.size, None: the training crop (or no validation)
+    proto: ProtoSettings  # net.proto_head when PCR trains it, else None
+    batch_norm: BatchNormSettings
+    auto_resume: bool  # saver.auto_resume: continue from last.ckpt when there is one
+    net: dict = field(repr=False, compare=False)  # the checked `net` section (a copy): the models are built from it
+    criterion: Callable = field(repr=False, compare=False)  # the supervised loss of `criterion` (+ `criterion_2`)
+    method: type = None  # the Method subclass the config asks for (`methods.method_class`)
+    method_settings: Any = None  # its own validated settings (BRPG: BRPGSettings), else None
+
+    @property
+    def num_classes(self):
+        return self.data.num_classes
 
     @property
     def accumulation(self):
@@ -74,8 +95,8 @@ def _cutmix(cfg):
     return value == "cutmix"
 
 
-def _granularity(cfg, use_proto):
-    granularity = patch_select_granularity(cfg)
+def _granularity(data, use_proto):
+    granularity = data.granularity
     if use_proto and granularity is None:
         raise UserError("net.proto_head.patch_select: training the prototype head samples one pixel per patch, "
                         "expected patch_select: True")
@@ -159,6 +180,8 @@ def _whole_updates(iterations, accumulation):
 
 
 def plan_from_config(cfg, world_size=1):
+    """The TrainPlan of `cfg`: every key the training reads is validated here, once, before anything is built or
+    written (a UserError names the key, its value and what was expected)."""
     epochs = _number(cfg, "trainer.epochs", None, 1, kind=int)
     sup_only_epoch = _number(cfg, "trainer.sup_only_epoch", 1, 0, kind=int)
     semi = isinstance(get(cfg, "trainer.unsupervised"), dict) and sup_only_epoch < epochs
@@ -167,32 +190,40 @@ def plan_from_config(cfg, world_size=1):
     if semi and batch_size < 2:
         raise UserError("dataset.batch_size: 1 is too small for CutMix and BatchNorm, expected at least 2")
     batch = global_batch(cfg, batch_size, world_size)
-    return TrainPlan(
+    data = train_data(cfg)
+    eval_on = bool(get(cfg, "trainer.eval_on", True)) and bool(get(cfg, "dataset.val"))
+    plan = TrainPlan(  # checked in this order: the first error met is the one reported
         epochs=epochs, sup_only_epoch=min(sup_only_epoch, epochs), semi=semi, batch_size=batch_size,
-        crop=check_train_crop(cfg), use_proto=use_proto, granularity=_granularity(cfg, use_proto),
-        losses=loss_settings(cfg), optimizer=optimizer_settings(cfg), ema_decay=_number(cfg, "net.ema_decay", 0.99, 0.0, 1.0),
+        crop=data.crop, use_proto=use_proto, granularity=_granularity(data, use_proto),
+        losses=loss_settings(cfg), optimizer=optimizer_settings(cfg),
+        ema_decay=_number(cfg, "net.ema_decay", 0.99, 0.0, 1.0),
         drop_percent=_number(cfg, "trainer.unsupervised.drop_percent", 100, 0.0, 100.0),
-        cutmix=semi and _cutmix(cfg), log_interval=_number(cfg, "trainer.log_interval", DEFAULT_LOG_INTERVAL, 1,
-                                                           kind=int),
+        cutmix=semi and _cutmix(cfg),
+        log_interval=_number(cfg, "trainer.log_interval", DEFAULT_LOG_INTERVAL, 1, kind=int),
         save_interval=_number(cfg, "trainer.save_interval", 0, 0, kind=int),
-        eval_on=bool(get(cfg, "trainer.eval_on", True)) and bool(get(cfg, "dataset.val")),
-        iterations=_whole_updates(iterations_per_epoch(cfg, batch_size, world_size, semi), batch.accumulation),
-        batch=batch)  # batch_size is per device
+        eval_on=eval_on,
+        iterations=_whole_updates(iterations_per_epoch(data, batch_size, world_size, semi), batch.accumulation),
+        batch=batch,  # batch_size is per device
+        data=data, val_crop=build_transform(data.section, "val").crop_size if eval_on else None,
+        proto=proto_settings(cfg) if use_proto else None, batch_norm=batch_norm_settings(cfg),
+        auto_resume=bool(get(cfg, "saver.auto_resume", False)), net=net_config(cfg),
+        criterion=supervised_criterion(cfg))
+    method = method_class(cfg, plan)  # from the plan (semi, use_proto) and trainer.prototype
+    return replace(plan, method=method, method_settings=method.settings_from_config(cfg, plan))
 
 
-def val_dataset(cfg, data_root=None):
-    """Reader of dataset.val (paths relative to the config; data_root overrides its data_root)."""
-    return build_dataset(cfg["dataset"], "val", num_classes=get(cfg, "net.num_classes"),
-                         data_root_override=resolve_path(cfg, data_root or get(cfg, "dataset.val.data_root")),
-                         list_override=resolve_path(cfg, get(cfg, "dataset.val.data_list")))
+def val_dataset(data, data_root=None):
+    """Reader of dataset.val of the TrainData `data` (paths relative to the config; data_root overrides its
+    data_root)."""
+    return build_dataset(data.section, "val", num_classes=data.num_classes,
+                         data_root_override=data_root or data.val_root, list_override=data.val_list)
 
 
-def check_data(cfg, plan, data_root=None):
+def check_data(plan, data_root=None):
     """Every listed training (and validation) file exists: fail before any output is written."""
-    on_bad_image(cfg)
-    train_readers(cfg, plan.semi, data_root)
+    train_readers(plan.data, plan.semi, data_root)
     if plan.eval_on:
-        val_dataset(cfg, data_root)
+        val_dataset(plan.data, data_root)
 
 
 def pretrained_path(args, cfg):

@@ -36,6 +36,7 @@ def say(message):
 class RunFiles:
     work_dir: str
     checkpoint_dir: str
+    config_path: str = "CONFIG"  # the config file, for the summary's eval command
 
     @classmethod
     def from_config(cls, cfg, work_dir=None):
@@ -46,7 +47,8 @@ class RunFiles:
             # upstream layout: ckpt/<dataset>/<split>/<method>, relative to the repo root (where eval.sh looks)
             work_dir = main_dir if os.path.isabs(main_dir) else os.path.join(REPO_ROOT, main_dir)
         work_dir = os.path.abspath(os.path.expanduser(work_dir))
-        return cls(work_dir, os.path.join(work_dir, str(get(cfg, "saver.snapshot_dir", "checkpoints"))))
+        return cls(work_dir, os.path.join(work_dir, str(get(cfg, "saver.snapshot_dir", "checkpoints"))),
+                   cfg.get("_config_path", "CONFIG"))
 
     def path(self, name):
         return os.path.join(self.work_dir, name)
@@ -59,14 +61,14 @@ class RunFiles:
     def best(self):
         return os.path.join(self.checkpoint_dir, "best.ckpt")
 
-    def summary(self, cfg, best_miou, best_epoch):
+    def summary(self, best_miou, best_epoch):
         """The lines of the end-of-run summary: the best result and where each file is."""
         best_text = (f"{100 * best_miou:.2f} mIoU (center crop) at epoch {best_epoch}" if best_miou is not None
                      else "no validation (trainer.eval_on false or no dataset.val); the final model")
         return ["", "training finished",
                 f"  best:        {best_text}",
                 f"  best.ckpt:   {self.best}",
-                f"  evaluate:    python -m ms_semiseg eval --config {cfg.get('_config_path', 'CONFIG')} "
+                f"  evaluate:    python -m ms_semiseg eval --config {self.config_path} "
                 f"--ckpt {self.best}",
                 f"  last.ckpt:   {self.last}   (full state; --resume continues from it)",
                 f"  log.csv:     {self.path('log.csv')}",

@@ -18,13 +18,13 @@ import numpy as np
 from mindspore import Tensor
 from tqdm import tqdm
 
-from ..config import get, load_config
-from ..data.transforms import build_transform, normalize
+from ..config import load_config
+from ..data.transforms import normalize
 from ..device import set_device
 from ..errors import UserError
 from ..eval import IoUAccumulator, center_crop, to_class_map
-from ..losses import drop_percent_schedule, supervised_criterion
-from ..methods import build_method, method_class
+from ..losses import drop_percent_schedule
+from ..methods import build_method
 from ..methods.base import SemiInputs, step_graphs
 from ..utils.atomic import cleanup_stale_temps, ensure_writable_dir
 from ..utils.lock import FolderLock
@@ -55,15 +55,15 @@ DEFAULT_SEED = 2  # U2PL's train.sh
 class Trainer:
     """Builds the models, graphs and state of one run and executes it epoch by epoch."""
 
-    def __init__(self, cfg, plan, files, seed, pretrained=None, data_root=None, resume=False):
-        self.cfg, self.plan, self.files, self.seed, self.data_root = cfg, plan, files, seed, data_root
+    def __init__(self, plan, files, seed, pretrained=None, data_root=None, resume=False):
+        self.plan, self.files, self.seed, self.data_root = plan, files, seed, data_root
         self.dist = context()
         ms.set_seed(seed)
-        self.pair, self.student_drop, self.teacher_drop = build_pair(cfg, plan, None if resume else pretrained)
+        self.pair, self.student_drop, self.teacher_drop = build_pair(plan, None if resume else pretrained)
         self.optimizer = build_optimizer(plan.optimizer, self.pair.student.trainable_params(), plan.total_updates,
                                          model_prefix="student.", lr_scale=plan.batch.lr_scale)
-        criterion = supervised_criterion(cfg)
-        self.method = build_method(cfg, plan, seed, self.pair.student)  # supervised, mean teacher, PCR or BRPG
+        criterion = plan.criterion
+        self.method = build_method(plan, seed, self.pair.student)  # supervised, mean teacher, PCR or BRPG
         sums = self._accumulation_buffers()
         self.graphs = {"student eval": Predictor(self.pair.student)}
         self.graphs.update(step_graphs("supervised step", lambda **kw: SupervisedStep(
@@ -208,7 +208,7 @@ class Trainer:
         semi = plan.is_semi_epoch(epoch)
         if semi and epoch == plan.sup_only_epoch and start_iteration == 0:
             self.begin_semi_phase()
-        pipeline = build_train_pipeline(self.cfg, self.seed, epoch, plan.batch_size, self.dist.rank,
+        pipeline = build_train_pipeline(plan.data, self.seed, epoch, plan.batch_size, self.dist.rank,
                                         self.dist.world_size, semi=plan.semi,
                                         start_iteration=start_iteration, data_root=self.data_root,
                                         iterations=plan.iterations, skipped=self.skipped)
@@ -260,10 +260,9 @@ class Trainer:
 
     def validate(self, epoch):
         """Center-crop mIoU of the teacher (semi epochs) or the student: {'miou', 'proto_miou' or None}."""
-        dataset_cfg = self.cfg["dataset"]
-        num_classes = get(self.cfg, "net.num_classes")
-        dataset = val_dataset(self.cfg, self.data_root)
-        crop = build_transform(dataset_cfg, "val").crop_size or self.plan.crop
+        num_classes = self.plan.num_classes
+        dataset = val_dataset(self.plan.data, self.data_root)
+        crop = self.plan.val_crop or self.plan.crop
         graph = "teacher eval" if self.plan.is_semi_epoch(epoch) else "student eval"
         meters = {"pred": IoUAccumulator(num_classes), "proto": IoUAccumulator(num_classes)}
 
@@ -274,7 +273,7 @@ class Trainer:
                 heads["proto"] = proto.asnumpy()
             return heads
 
-        mean, std = dataset_cfg["mean"], dataset_cfg["std"]
+        mean, std = self.plan.data.mean, self.plan.data.std
         for index in self.dist.shard(len(dataset)):
             image, label, _ = dataset[index]
             logits, cropped = center_crop(predict, normalize(image, mean, std), label, crop)
@@ -320,7 +319,7 @@ class Trainer:
         return self.summary()
 
     def summary(self):
-        lines = self.files.summary(self.cfg, self.meta["best_miou"], self.meta["best_epoch"])
+        lines = self.files.summary(self.meta["best_miou"], self.meta["best_epoch"])
         return "\n".join(lines + self.method.summary_lines(self.files) + self.skipped.summary())
 
 
@@ -345,19 +344,18 @@ def add_arguments(parser):
 def run(args):
     cfg = load_config(args.config, args.opts)
     world_size = requested_world_size(args.distributed)
-    plan = plan_from_config(cfg, world_size)
-    method_class(cfg, plan).check_config(cfg, plan)
+    plan = plan_from_config(cfg, world_size)  # every setting validated here, with the method's own
     files = RunFiles.from_config(cfg, args.work_dir)
     lock = FolderLock(files.work_dir, "work folder", " (--work-dir)")
     lock.check()  # a run in progress: say so at once (taken below, once the device is up)
-    resume = args.resume or bool(get(cfg, "saver.auto_resume", False) and os.path.isfile(files.last))
+    resume = args.resume or (plan.auto_resume and os.path.isfile(files.last))
     if not resume and os.path.isfile(files.last):
         raise UserError(f"{files.last}: a previous run is there, expected --resume to continue it or another "
                         "--work-dir (delete the folder to start over)")
     seed = resume_seed(files, args.seed) if resume else (DEFAULT_SEED if args.seed is None else args.seed)
     pretrained = pretrained_path(args, cfg)
     data_root = os.path.abspath(args.data_root) if args.data_root else None  # relative to where the user is
-    check_data(cfg, plan, data_root)
+    check_data(plan, data_root)
     # msrun's scheduler process runs this command too: it joins the cluster before any file is touched
     device = start_data_parallel(args.device, world_size).device if args.distributed else set_device(args.device)
     if not is_main_process():  # rank 0 holds the lock for all ranks
@@ -374,13 +372,13 @@ def _train(args, cfg, plan, files, seed, pretrained, data_root, resume, device, 
     ms.set_context(mode=ms.GRAPH_MODE)
     save_run_config(cfg, files)
     devices = f" x {world_size} devices" if world_size > 1 else ""
-    say(f"{method_class(cfg, plan).title} on {device}: {plan.epochs} epochs x {plan.iterations} iterations, batch {plan.batch_size}{devices}, "
-        f"crop {plan.crop[0]}x{plan.crop[1]}, seed {seed} -> {files.work_dir}")
+    say(f"{plan.method.title} on {device}: {plan.epochs} epochs x {plan.iterations} iterations, "
+        f"batch {plan.batch_size}{devices}, crop {plan.crop[0]}x{plan.crop[1]}, seed {seed} -> {files.work_dir}")
     say(plan.batch.describe(plan.semi, plan.optimizer.lr))
     if not pretrained and not resume:
         say("note: no --pretrained backbone (nor saver.pretrain): the encoder starts from random weights; U2PL/PCR "
             "start from ImageNet (convert one with `python -m convert pth2ckpt`)")
-    trainer = Trainer(cfg, plan, files, seed, pretrained, data_root, resume)
+    trainer = Trainer(plan, files, seed, pretrained, data_root, resume)
     trainer.resume_command = lambda again: resume_command(args, files.work_dir, again)
     # data parallel: the ranks could see a signal between different steps, so they keep the default handlers
     with StopRequest() if world_size == 1 else contextlib.nullcontext() as trainer.stop_request:

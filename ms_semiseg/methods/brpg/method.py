@@ -3,7 +3,8 @@
 - `BRPGTraining`: clustering at the start of the first loss iteration, the per-step inputs (loss grid, noise,
   ramped threshold, loss switch), the CPG enqueue after each sampling-window step, and the state saved in
   `last.ckpt` (queues while they exist, prototypes, csp EMA, clustered flag);
-- `BRPG`: `BRPGTraining` behind the Method interface; `check_brpg_config`: the start-up checks.
+- `BRPG`: `BRPGTraining` behind the Method interface; `check_brpg_config`: the start-up checks, which give the
+  validated `BRPGSettings` (`plan.method_settings`).
 The rest: `state.py` (`BRPGState`, `PrototypeBank`, the loss cell), `queue.py` (CPG sampling, feature queues),
 `cluster.py` (APO + k-means), `settings.py` (the validated section), `losses/brpg.py` (the loss formulas).
 """
@@ -11,7 +12,6 @@ import numpy as np
 import mindspore as ms
 from mindspore import Tensor
 
-from ...config import get
 from ...engine.distributed import context
 from ...engine.seeds import Stream, stream_rng
 from ...errors import UserError
@@ -27,16 +27,21 @@ _QUEUE_ARRAYS = ("queue_rows", "queue_ptr", "queue_fill")
 
 
 def check_brpg_config(cfg, plan):
-    """UserError before anything is written when `trainer.prototype` cannot run with this config."""
+    """BRPGSettings of the config (None without `trainer.prototype`); UserError before anything is written when
+    it cannot run with this config and plan."""
     if not brpg_enabled(cfg):
-        return
+        return None
     if not plan.semi:
         raise UserError(f"{SECTION}: BRPG trains inside the mean teacher, expected a trainer.unsupervised section "
                         "and trainer.sup_only_epoch < trainer.epochs")
     if plan.accumulation > 1:
         raise UserError(f"trainer.grad_accumulation: {plan.accumulation} with {SECTION} (BRPG) is not supported, "
                         "expected 1 (BRPG's feature queues and clustering run once per iteration)")
-    BRPGSettings.from_config(cfg, get(cfg, "net.num_classes"))
+    height, width = plan.crop
+    if min(height, width) < 2:
+        raise UserError(f"dataset.train.crop.size={[height, width]}: BRPG's labeled grid needs the crop, expected "
+                        "[H, W] of at least 2 pixels")
+    return BRPGSettings.from_config(cfg, plan.num_classes)
 
 
 class BRPGTraining:
@@ -44,10 +49,11 @@ class BRPGTraining:
     `step_inputs(e, i)` (clusters first when due) -> the semi step -> `after_step(...)` (CPG enqueue in the
     sampling window). `checkpoint_arrays()` / `load_checkpoint_arrays()` carry the state through last.ckpt."""
 
-    def __init__(self, cfg, plan, seed, world_size=1, log=print, feat_dim=HEAD_PLANES):
+    def __init__(self, settings, plan, seed, world_size=1, log=print, feat_dim=HEAD_PLANES):
+        """`settings`: the validated BRPGSettings; `plan`: the TrainPlan (classes, crop, epochs, iterations)."""
         self.plan, self.seed, self.log = plan, seed, log
         self.rank = context().rank
-        self.state = BRPGState(cfg, get(cfg, "net.num_classes"), feat_dim, world_size, log)
+        self.state = BRPGState(settings, plan.num_classes, plan.crop, plan.epochs, feat_dim, world_size, log)
 
     def graphs(self, pair, optimizer, criterion, loss_settings, ema):
         """The trainer's "semi step" and "teacher pseudo-labels" graphs for BRPG."""
@@ -102,14 +108,14 @@ class BRPG(MeanTeacher):
     title = "mean teacher + BRPG prototype loss (trainer.prototype)"
     has_state = True
 
-    def __init__(self, cfg, plan, seed, student=None):
-        super().__init__(cfg, plan, seed, student)
-        self.training = BRPGTraining(cfg, plan, seed, context().world_size, log=say,
+    def __init__(self, plan, seed, student=None):
+        super().__init__(plan, seed, student)
+        self.training = BRPGTraining(plan.method_settings, plan, seed, context().world_size, log=say,
                                      feat_dim=student.decoder.head_planes)
 
     @classmethod
-    def check_config(cls, cfg, plan):
-        check_brpg_config(cfg, plan)
+    def settings_from_config(cls, cfg, plan):
+        return check_brpg_config(cfg, plan)
 
     def graphs(self, pair, optimizer, criterion, ema, sums):
         return self.training.graphs(pair, optimizer, criterion, self.plan.losses, ema)

@@ -13,14 +13,12 @@ import numpy as np
 from mindspore import Parameter, Tensor, nn, ops
 import mindspore as ms
 
-from ...config import get
 from ...errors import UserError
 from ...losses.brpg import (confident_samples, grid_coords, grid_samples, masked_class_scores, prototype_loss,
                            pseudo_threshold_at, targets_with_prototypes)
 from ...losses.ohem import IGNORE_INDEX
 from .cluster import build_prototypes
 from .queue import HIGH, LOW, CPGSampler, FeatureQueues
-from .settings import BRPGSettings
 
 LOGGER = logging.getLogger(__name__)
 
@@ -146,7 +144,8 @@ def uniform_noise(rng, shape):
 class BRPGState:
     """BRPG's state and the calls the trainer makes, in this order (epoch e, iteration i, E epochs):
 
-    1. Construction, before training: `BRPGState(cfg, num_classes, feat_dim, world_size)`; on resume
+    1. Construction, before training: `BRPGState(settings, num_classes, crop, epochs, feat_dim, world_size)`
+       (`settings`: the validated BRPGSettings; `crop`: (H, W) of the training crop); on resume
        `load_state_dict(saved)` (numpy arrays from `state_dict()`, saved in the checkpoint).
     2. Sampling window, `in_sampling_window(e)` (sample_delay <= e < sample_delay + sample_last; always a
        semi-supervised epoch): the step trains without L_pro (upstream adds 0 * rep.sum()); then, with that
@@ -167,18 +166,18 @@ class BRPGState:
     The queues, prototypes and csp EMA are not part of the model and are not followed by the teacher.
     """
 
-    def __init__(self, cfg, num_classes, feat_dim=256, world_size=1, log=None):
-        self.settings = BRPGSettings.from_config(cfg, num_classes)
+    def __init__(self, settings, num_classes, crop, epochs, feat_dim=256, world_size=1, log=None):
+        self.settings = settings
         self.num_classes = num_classes
         self.feat_dim = feat_dim
         self.world_size = world_size
-        self.epochs = get(cfg, "trainer.epochs")
+        self.epochs = epochs
         self.log = log or LOGGER.info
         settings = self.settings
         sync = world_size > 1 and settings.sync_prototype_ema
         self._reduce = ops.AllReduce() if sync else None
         self._gather = ops.AllGather() if world_size > 1 else None
-        self.crop_size = _crop_size(cfg)
+        self.crop_size = tuple(crop)
         self.grid = Tensor(grid_coords(*self.crop_size, settings.grid_num))
         self.bank = PrototypeBank(num_classes, settings.slots, feat_dim, settings.prototype_ema_decay,
                                   settings.effective_fault_weight, self._reduce)
@@ -311,10 +310,3 @@ def _check_shape(source, name, shape, expected, may_be_empty):
         return
     raise UserError(f"{source}: BRPG {name} has shape {list(shape)}, this config builds {list(expected)}, "
                     "expected the net.num_classes and trainer.prototype settings the run started with")
-
-
-def _crop_size(cfg):
-    size = get(cfg, "dataset.train.crop.size")
-    if not (isinstance(size, (list, tuple)) and len(size) == 2 and all(isinstance(v, int) and v > 1 for v in size)):
-        raise UserError(f"dataset.train.crop.size={size!r}: BRPG's labeled grid needs the crop, expected [H, W]")
-    return tuple(size)

@@ -13,13 +13,12 @@ import mindspore as ms
 import numpy as np
 from mindspore import Tensor
 
-from ...config import get, resolve_path
 from ...engine.distributed import broadcast_array, main_process_only
 from ...engine.masks import patch_select_coords
 from ...engine.seeds import Stream, stream_rng
 from ...train.records import say
 from ..mean_teacher import MeanTeacher
-from .proto_init import init_prototypes, load_proto_pickle, proto_settings, save_proto_pickle
+from .proto_init import init_prototypes, load_proto_pickle, save_proto_pickle
 from .step import PCRStep
 
 PROTOTYPES_FILE = "prototypes_init.pickle"
@@ -44,11 +43,10 @@ class PCR(MeanTeacher):
 
     def begin_semi_phase(self, trainer):
         """Prototype initialisation (spec C.1), before teacher := student."""
-        cfg, pair = self.cfg, trainer.pair
-        num_classes, k, dim, _ = proto_settings(cfg)
-        source = resolve_path(cfg, get(cfg, "net.proto_head.init_proto_path"))
+        pair, proto = trainer.pair, self.plan.proto
+        source = proto.init_path
         if source and os.path.isfile(source):
-            bank = load_proto_pickle(source, num_classes, k, dim)
+            bank = load_proto_pickle(source, proto.num_classes, proto.k, proto.dim)
             say(f"prototypes loaded from {source}")
         else:
             if source:
@@ -57,15 +55,15 @@ class PCR(MeanTeacher):
             # images of varying sizes: eager mode, a graph per image size would recompile for every shape
             ms.set_context(mode=ms.PYNATIVE_MODE)
             try:
-                bank, counts = init_prototypes(pair.student, cfg, self.seed, data_root=trainer.data_root,
-                                               skipped=trainer.skipped)
+                bank, counts = init_prototypes(pair.student, self.plan.data, proto, self.seed,
+                                               data_root=trainer.data_root, skipped=trainer.skipped)
             finally:
                 ms.set_context(mode=ms.GRAPH_MODE)
                 pair.restore_names()
-            say(f"prototypes: k-means (K={k}) on student features of {sum(counts.values())} labeled pixels "
+            say(f"prototypes: k-means (K={proto.k}) on student features of {sum(counts.values())} labeled pixels "
                 f"({time.perf_counter() - start:.0f} s)")
         bank = broadcast_array(bank)  # data parallel: rank 0's k-means result on every rank
-        main_process_only(save_proto_pickle)(trainer.files.path(PROTOTYPES_FILE), bank, num_classes, k)
+        main_process_only(save_proto_pickle)(trainer.files.path(PROTOTYPES_FILE), bank, proto.num_classes, proto.k)
         pair.student.proto_net.proto_list.set_data(ms.Tensor(np.asarray(bank, np.float32)))
 
     def summary_lines(self, files):

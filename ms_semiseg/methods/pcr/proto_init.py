@@ -17,11 +17,12 @@ import io
 import logging
 import os
 import pickle
+from dataclasses import dataclass
 
 import mindspore as ms
 import numpy as np
 
-from ms_semiseg.config import get, load_config, net_config
+from ms_semiseg.config import get, load_config, net_config, resolve_path
 from ms_semiseg.data.datasets import dataset_kind
 from ms_semiseg.data.palette import class_names
 from ms_semiseg.data.transforms import normalize
@@ -31,7 +32,8 @@ from ms_semiseg.models import create_model
 from ms_semiseg.models.layers import resize_bilinear
 from ms_semiseg.engine.masks import patch_cells
 from ms_semiseg.engine.seeds import Stream, stream_rng
-from ms_semiseg.engine.pipeline import DEFAULT_GRANULARITY, on_bad_image, train_readers
+from ms_semiseg.engine.pipeline import train_readers
+from ms_semiseg.engine.train_data import DEFAULT_GRANULARITY, train_data
 from ms_semiseg.utils.atomic import write_bytes_atomic
 from ms_semiseg.utils.checkpoint import load_into_model, model_shapes, read_checkpoint, strip_prefix
 
@@ -245,14 +247,14 @@ def load_proto_pickle(path, num_classes, k, dim=512):
 # -------------------------------------------------------------------------------------------- whole pipeline
 
 
-def labeled_images(cfg, data_root=None, skipped=None):
-    """(float32 normalised (3,H,W), int32 (H,W) label) of every labeled training image, whole and unaugmented.
+def labeled_images(data, data_root=None, skipped=None):
+    """(float32 normalised (3,H,W), int32 (H,W) label) of every labeled training image of the TrainData `data`,
+    whole and unaugmented.
 
     With `dataset.on_bad_image: skip` an unreadable sample is left out (recorded in `skipped`, a SkippedSamples,
     when given); otherwise its UserError stops the run."""
-    labeled, _ = train_readers(cfg, semi=False, data_root=data_root)
-    skip = on_bad_image(cfg) == "skip"
-    mean, std = get(cfg, "dataset.mean"), get(cfg, "dataset.std")
+    labeled, _ = train_readers(data, semi=False, data_root=data_root)
+    skip = data.on_bad_image == "skip"
     for index in range(len(labeled)):
         try:
             image, label, _ = labeled[index]
@@ -262,26 +264,37 @@ def labeled_images(cfg, data_root=None, skipped=None):
             if skipped is not None:
                 skipped.add(labeled, index, exc)
             continue
-        yield normalize(image, mean, std), label.astype(np.int32)
+        yield normalize(image, data.mean, data.std), label.astype(np.int32)
+
+
+@dataclass(frozen=True)
+class ProtoSettings:
+    """PCR's prototype bank (`net.proto_head`), validated at start-up: `num_classes` x `k` prototypes of `dim`."""
+    num_classes: int
+    k: int  # num_micro_proto
+    dim: int  # in_planes
+    granularity: int  # select_granularity: G of the G x G patch grid the initialisation samples
+    init_path: str = None  # init_proto_path (relative to the config's folder); None: k-means at the first semi epoch
 
 
 def proto_settings(cfg):
-    """(C, K, D, G) from the config's net section (num_classes, proto_head num_micro_proto/in_planes/granularity)."""
+    """ProtoSettings of the config's net section (num_classes, proto_head)."""
     proto_cfg = get(cfg, "net.proto_head")
     if not isinstance(proto_cfg, dict) or not isinstance(proto_cfg.get("num_micro_proto"), int):
         raise UserError("net.proto_head.num_micro_proto: missing, expected an int K (the PCR config's proto head)")
-    return (int(get(cfg, "net.num_classes")), proto_cfg["num_micro_proto"], int(proto_cfg.get("in_planes", 512)),
-            int(proto_cfg.get("select_granularity", DEFAULT_GRANULARITY)))
+    return ProtoSettings(int(get(cfg, "net.num_classes")), proto_cfg["num_micro_proto"],
+                         int(proto_cfg.get("in_planes", 512)),
+                         int(proto_cfg.get("select_granularity", DEFAULT_GRANULARITY)),
+                         resolve_path(cfg, proto_cfg.get("init_proto_path")) or None)
 
 
-def init_prototypes(model, cfg, seed=DEFAULT_SEED, per_class_cap=DEFAULT_PER_CLASS_CAP, data_root=None,
+def init_prototypes(model, data, proto, seed=DEFAULT_SEED, per_class_cap=DEFAULT_PER_CLASS_CAP, data_root=None,
                     skipped=None):
-    """(bank float32 (C*K, D), {class: sampled pixel count}) from `model` over the labeled training images."""
-    num_classes, k, dim, granularity = proto_settings(cfg)
-    ignore_label = int(get(cfg, "dataset.ignore_label", 255))
-    features = collect_class_features(model, labeled_images(cfg, data_root, skipped), num_classes, per_class_cap,
-                                      seed, granularity, ignore_label)
-    bank = kmeans_prototypes(features, num_classes, k, seed, dim)
+    """(bank float32 (C*K, D), {class: sampled pixel count}) from `model` over the labeled training images;
+    `data`: TrainData, `proto`: ProtoSettings."""
+    features = collect_class_features(model, labeled_images(data, data_root, skipped), proto.num_classes,
+                                      per_class_cap, seed, proto.granularity, data.ignore_label)
+    bank = kmeans_prototypes(features, proto.num_classes, proto.k, seed, proto.dim)
     return bank, {cls: len(rows) for cls, rows in features.items()}
 
 
@@ -333,13 +346,14 @@ def run(args):
     if args.per_class_cap < 1:
         raise UserError(f"--per-class-cap {args.per_class_cap}: expected a positive int")
     cfg = load_config(args.config, args.opts)
-    num_classes, k, _, _ = proto_settings(cfg)
+    proto, data = proto_settings(cfg), train_data(cfg)
+    num_classes = proto.num_classes
     set_device(args.device)
     model = load_feature_model(cfg, args.ckpt)
-    bank, counts = init_prototypes(model, cfg, args.seed, args.per_class_cap, args.data_root)
-    save_proto_pickle(args.out, bank, num_classes, k)
+    bank, counts = init_prototypes(model, data, proto, args.seed, args.per_class_cap, args.data_root)
+    save_proto_pickle(args.out, bank, num_classes, proto.k)
     for cls, name in enumerate(_class_labels(cfg, num_classes)):
         note = "" if counts[cls] else "  (no pixels: zero prototypes)"
         print(f"class {cls:2d} {name:<14s} {counts[cls]:7d} pixels{note}")
-    print(f"wrote {num_classes} x {k} prototypes to {os.path.abspath(args.out)}")
+    print(f"wrote {num_classes} x {proto.k} prototypes to {os.path.abspath(args.out)}")
     return 0
