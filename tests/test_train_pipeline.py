@@ -192,3 +192,36 @@ def test_crop_errors(voc):
     no_crop["dataset"]["train"].pop("crop")
     with pytest.raises(UserError, match="dataset.train.crop: missing"):
         check_train_crop(no_crop)
+
+
+def test_oracle_label_u_is_the_transformed_true_label_and_changes_no_other_column(voc):
+    """`label_u` (trainer.unsupervised.oracle_pseudo_labels): the unlabeled image's label under the image's own
+    transform (checked on the unaugmented path, as above); the other columns are the same batches as without it."""
+    cfg = make_cfg(voc)
+    plain = batches(cfg)
+    with_labels = batches(cfg, label_u=True)
+    assert all(sorted(batch) == ["image_l", "image_u", "label_l", "label_u"] for batch in with_labels)
+    assert_same_batches(plain, [{k: v for k, v in batch.items() if k != "label_u"} for batch in with_labels])
+    assert "label_u" not in batches(cfg, semi=False, label_u=True)[0]  # no unlabeled stream, no label column
+    train = cfg["dataset"]["train"]
+    del train["rand_resize"], train["flip"]
+    train["crop"]["type"] = "center"
+    transform = build_transform(cfg["dataset"], "train")
+    expected = {s: transform(read_image(f"{voc['root']}/JPEGImages/{s}.jpg"), voc["labels"][s]) for s in UNLABELED}
+    for batch in batches(cfg, label_u=True):
+        assert batch["label_u"].dtype == np.int32 and batch["label_u"].shape == (2, CROP, CROP)
+        for image_u, label_u in zip(batch["image_u"], batch["label_u"]):
+            sid = next(s for s in UNLABELED if np.array_equal(expected[s][0], image_u))
+            np.testing.assert_array_equal(label_u, expected[sid][1].astype(np.int32))
+
+
+def test_oracle_setting_is_validated_by_the_plan(voc):
+    from ms_semiseg.train.plan import plan_from_config
+    cfg = make_cfg(voc)
+    assert plan_from_config(cfg).oracle_pseudo_labels is False  # default: the teacher's pseudo-labels
+    cfg["trainer"]["unsupervised"]["oracle_pseudo_labels"] = True
+    assert plan_from_config(cfg).oracle_pseudo_labels is True
+    cfg["trainer"]["unsupervised"]["oracle_pseudo_labels"] = "yes"
+    with pytest.raises(UserError, match=r"trainer.unsupervised.oracle_pseudo_labels: 'yes' is not valid, "
+                                        "expected true or false"):
+        plan_from_config(cfg)

@@ -139,11 +139,12 @@ class _EpochSource:
     """Random-access source of one epoch: row i is global position start + i (see the module notes)."""
 
     def __init__(self, labeled, unlabeled, transform, seed, epoch, orders, start, stop, strong_view=False,
-                 skipped=None):
+                 skipped=None, label_u=False):
         self.labeled, self.unlabeled, self.transform = labeled, unlabeled, transform
         self.seed, self.epoch, self.orders = seed, epoch, orders
         self.start, self.stop = start, stop
         self.strong_view = strong_view
+        self.label_u = label_u  # also yield the unlabeled image's true label (the oracle diagnostic)
         self.skipped = skipped  # SkippedSamples with dataset.on_bad_image: skip, else None
         self.error = None  # the first UserError a worker met (MindSpore re-raises it wrapped in its own text)
 
@@ -180,8 +181,8 @@ class _EpochSource:
         image_l, label_l = self._augmented(LABELED_STREAM, position)
         row = (image_l, label_l.astype(np.int32))
         if self.unlabeled is not None:
-            image_u = self._augmented(UNLABELED_STREAM, position)[0]
-            row += (image_u,)
+            image_u, label_u = self._augmented(UNLABELED_STREAM, position)
+            row += (image_u,) + ((label_u.astype(np.int32),) if self.label_u else ())
             if self.strong_view:
                 row += (self._strong_view(image_u, position),)
         return row
@@ -264,19 +265,20 @@ def train_data_root(data, override=None):
     return required_path(data.root, "dataset.train.data_root")
 
 
-def train_readers(data, semi, data_root=None):
-    """(labeled reader, unlabeled reader or None) of the TrainData `data` (data_root overrides its data_root)."""
+def train_readers(data, semi, data_root=None, unlabeled_labels=False):
+    """(labeled reader, unlabeled reader or None) of the TrainData `data` (data_root overrides its data_root);
+    the unlabeled reader reads label files too with `unlabeled_labels` (the oracle diagnostic)."""
     root = train_data_root(data, data_root)
     labeled = build_dataset(data.section, "train", root, labeled_list_path(data), data.num_classes)
     unlabeled = None
     if semi:
         unlabeled = build_dataset(data.section, "train", root, unlabeled_list_path(data), data.num_classes,
-                                  with_labels=False)
+                                  with_labels=unlabeled_labels)
     return labeled, unlabeled
 
 
 def build_train_pipeline(data, seed, epoch, batch_size, rank=0, world_size=1, num_workers=None, semi=True,
-                         start_iteration=0, data_root=None, iterations=None, skipped=None):
+                         start_iteration=0, data_root=None, iterations=None, skipped=None, label_u=False):
     """Batches of epoch `epoch` for `rank` of `world_size` (module notes); deterministic in (seed, epoch).
     `data`: the run's TrainData (`train_data.train_data(cfg)`).
 
@@ -285,6 +287,8 @@ def build_train_pipeline(data, seed, epoch, batch_size, rank=0, world_size=1, nu
     iterations: the epoch's length, at most (and by default) `iterations_per_epoch` (gradient accumulation drops
     the micro-batches of an incomplete last update).
     skipped: the run's SkippedSamples with `dataset.on_bad_image: skip` (a fresh one when None).
+    label_u: with semi, also yield "label_u", the unlabeled images' true labels transformed with them
+    (`trainer.unsupervised.oracle_pseudo_labels`, a diagnostic).
     """
     if not 0 <= rank < world_size:
         raise ValueError(f"rank {rank} is outside 0..{world_size - 1}")
@@ -298,13 +302,15 @@ def build_train_pipeline(data, seed, epoch, batch_size, rank=0, world_size=1, nu
         skipped = SkippedSamples() if skipped is None else skipped
     else:
         skipped = None
-    labeled, unlabeled = train_readers(data, semi, data_root)
+    label_u = semi and label_u
+    labeled, unlabeled = train_readers(data, semi, data_root, unlabeled_labels=label_u)
     global_batch = batch_size * world_size
     orders = _epoch_orders(_per_run_entries(labeled, unlabeled, seed), seed, epoch)
     strong = semi and data.strong_view
     source = _EpochSource(labeled, unlabeled, build_transform(data.section, "train"), seed, epoch, orders,
-                          start_iteration * global_batch, iterations * global_batch, strong, skipped)
-    columns = ["image_l", "label_l"] + (["image_u"] if semi else []) + (["image_u_strong"] if strong else [])
+                          start_iteration * global_batch, iterations * global_batch, strong, skipped, label_u)
+    columns = (["image_l", "label_l"] + (["image_u"] if semi else []) + (["label_u"] if label_u else [])
+               + (["image_u_strong"] if strong else []))
     workers = data.workers if num_workers is None else positive_int(num_workers, "num_workers")
     dataset = ds.GeneratorDataset(
         source, column_names=columns, shuffle=False, num_parallel_workers=workers,

@@ -4,7 +4,7 @@ import os
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
-from ..config import get, net_config, number as _number, resolve_path
+from ..config import check, get, net_config, number as _number, resolve_path
 from ..data.datasets import build_dataset
 from ..data.transforms import build_transform
 from ..errors import UserError
@@ -36,6 +36,7 @@ class TrainPlan:
     ema_decay: float
     drop_percent: float
     cutmix: bool
+    oracle_pseudo_labels: bool  # diagnostic (docs/demo.md): the unlabeled images' true labels replace the teacher's
     log_interval: int
     save_interval: int
     eval_on: bool
@@ -93,6 +94,14 @@ def _cutmix(cfg):
     if value not in ("cutmix", False, None, "none"):
         raise UserError(f"trainer.unsupervised.apply_aug: {value!r} is not supported, expected cutmix or False")
     return value == "cutmix"
+
+
+def _oracle(cfg):
+    """`trainer.unsupervised.oracle_pseudo_labels`: an upper bound for diagnosis, not a method. The student learns
+    from the true labels of the unlabeled images (their label files must exist) with confidence 1, through the
+    same step, losses, CutMix and schedule; entropy dropping still ranks pixels by the teacher's entropy."""
+    value = get(cfg, "trainer.unsupervised.oracle_pseudo_labels", False)
+    return check("trainer.unsupervised.oracle_pseudo_labels", value, isinstance(value, bool), "true or false")
 
 
 def _granularity(data, use_proto):
@@ -199,6 +208,7 @@ def plan_from_config(cfg, world_size=1):
         ema_decay=_number(cfg, "net.ema_decay", 0.99, 0.0, 1.0),
         drop_percent=_number(cfg, "trainer.unsupervised.drop_percent", 100, 0.0, 100.0),
         cutmix=semi and _cutmix(cfg),
+        oracle_pseudo_labels=semi and _oracle(cfg),
         log_interval=_number(cfg, "trainer.log_interval", DEFAULT_LOG_INTERVAL, 1, kind=int),
         save_interval=_number(cfg, "trainer.save_interval", 0, 0, kind=int),
         eval_on=eval_on,

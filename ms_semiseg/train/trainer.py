@@ -15,7 +15,7 @@ import time
 
 import mindspore as ms
 import numpy as np
-from mindspore import Tensor
+from mindspore import Tensor, ops
 from tqdm import tqdm
 
 from ..config import load_config
@@ -193,11 +193,19 @@ class Trainer:
             image_l=Tensor(batch["image_l"]), label_l=Tensor(batch["label_l"]),
             # the student (and the teacher's entropy forward) get the strong view when the pipeline makes one
             image_u=Tensor(batch["image_u_strong"]) if "image_u_strong" in batch else image_u,
-            pseudo_u=teacher.pseudo_label, conf_u=teacher.confidence, boxes=Tensor(boxes),
+            **self._pseudo_labels(batch, teacher), boxes=Tensor(boxes),
             drop_percent=scalar(drop_percent_schedule(plan.drop_percent, epoch, plan.epochs)), ema_decay=scalar(decay),
             extra=extra)
         outputs = self._call(self._step_graph("semi step", iteration), *inputs.arguments())
         return self.method.after_step(outputs, teacher, batch["label_l"], epoch, iteration)  # BRPG's CPG sampling
+
+    @staticmethod
+    def _pseudo_labels(batch, teacher):
+        """The teacher's pseudo-labels and confidences; with trainer.unsupervised.oracle_pseudo_labels (a
+        diagnostic, docs/demo.md) the unlabeled images' true labels at confidence 1 instead."""
+        if "label_u" in batch:
+            return {"pseudo_u": Tensor(batch["label_u"]), "conf_u": ops.ones_like(teacher.confidence)}
+        return {"pseudo_u": teacher.pseudo_label, "conf_u": teacher.confidence}
 
     def _lrs(self, step):
         plan = self.plan
@@ -211,7 +219,8 @@ class Trainer:
         pipeline = build_train_pipeline(plan.data, self.seed, epoch, plan.batch_size, self.dist.rank,
                                         self.dist.world_size, semi=plan.semi,
                                         start_iteration=start_iteration, data_root=self.data_root,
-                                        iterations=plan.iterations, skipped=self.skipped)
+                                        iterations=plan.iterations, skipped=self.skipped,
+                                        label_u=plan.oracle_pseudo_labels)
         images_per_step = plan.batch_size * self.dist.world_size * (2 if semi else 1)
         phase = "semi" if semi else "supervised"
         bar = tqdm(total=plan.iterations, initial=start_iteration, desc=f"epoch {epoch + 1}/{plan.epochs} {phase}",
