@@ -34,7 +34,12 @@ import numpy as np
 
 from ms_semiseg.errors import UserError
 
-from .painter import CLASSES, IGNORE_LABEL, TASKS, class_names_of, render_scene, task_classes
+from .painter import CLASSES, IGNORE_LABEL, class_names_of, render_scene
+from .source_task import SOURCE_CLASSES
+
+# source: the pretraining task of ms_semiseg.demo.source_task, classes disjoint from the demo's
+TASK_CLASSES = {"demo": CLASSES, "source": SOURCE_CLASSES}
+TASKS = tuple(TASK_CLASSES)
 
 GENERATOR = "ms_semiseg.demo.make_data"
 FORMAT_VERSION = 3  # bump whenever the rendering changes, so stale datasets get regenerated
@@ -180,7 +185,7 @@ def make_dataset(out_dir, num_images=DEFAULT_NUM_IMAGES, size=DEFAULT_SIZE, seed
     """Generate (or reuse, when meta.json already matches) the demo dataset; returns the meta dict. The source
     task also writes splits/train.txt (labeled + unlabeled): pretraining uses every train label."""
     args = requested_args(num_images, size, seed, labeled_fraction, num_val, task)
-    classes = task_classes(task)
+    classes = TASK_CLASSES[task]
     names = class_names_of(classes)
     out = Path(out_dir)
     if is_up_to_date(out, args):

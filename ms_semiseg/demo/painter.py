@@ -164,17 +164,6 @@ CLASSES = {
     "fish": (35, {"striped": fish_striped, "angel": fish_angel}),
 }
 CLASS_NAMES = ("background",) + tuple(CLASSES)
-TASKS = ("demo", "source")  # source: the pretraining task of ms_semiseg.demo.source_task, disjoint classes
-
-
-def task_classes(task):
-    """The class table of a task (the CLASSES layout)."""
-    if task == "source":
-        from .source_task import SOURCE_CLASSES  # imports this module
-        return SOURCE_CLASSES
-    return CLASSES
-
-
 def class_names_of(classes):
     return ("background",) + tuple(classes)
 

@@ -8,7 +8,7 @@ import numpy as np
 from mindspore import ops, Tensor
 import mindspore as ms
 
-from ms_semiseg.losses.ohem import IGNORE_INDEX, masked_mean, pixel_nll, valid_and_safe_target
+from ms_semiseg.losses.ohem import masked_mean, pixel_nll, valid_and_safe_target
 
 _ENTROPY_EPS = 1e-10  # U2PL: -sum p * log(p + 1e-10)
 _FLOAT32_MAX = float(np.finfo(np.float32).max)

@@ -8,7 +8,7 @@ from ..utils.checkpoint import compare_to_model, model_shapes, read_checkpoint, 
 from ..engine.distributed import broadcast_parameters, freeze_batch_norm, use_sync_bn
 from ..engine.ema import ema_parameter_pairs
 from ..engine.masks import install_host_dropout
-from .records import say
+from ..engine.console import say
 from ..engine.steps import MeanTeacherPair
 
 

@@ -1,15 +1,13 @@
 """What a run writes besides checkpoints: the work folder's layout (`RunFiles`), log.csv (`StepLog`), curves.png,
-the config as run, and the progress messages (`say`)."""
+and the config as run (progress messages: `engine/console.py`)."""
 import csv
 import io
 import os
-import sys
 import time
 from dataclasses import dataclass
 
 import numpy as np
 import yaml
-from tqdm import tqdm
 
 from ..config import get
 from ..errors import UserError
@@ -25,11 +23,6 @@ LOG_COLUMNS = ("epoch", "iteration", "step", "phase", "loss", "sup", "unsup", "p
 class TrainingDiverged(UserError):
     """A NaN/inf loss: the run stops, the last checkpoint (written before the bad step) is kept."""
     exit_code = 3
-
-
-@main_process_only
-def say(message):
-    tqdm.write(message, file=sys.stderr)
 
 
 @dataclass(frozen=True)

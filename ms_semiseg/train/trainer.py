@@ -26,6 +26,7 @@ from ..eval import IoUAccumulator, center_crop, to_class_map
 from ..losses import drop_percent_schedule
 from ..methods import build_method
 from ..methods.base import SemiInputs, step_graphs
+from ..engine.console import say
 from ..utils.atomic import cleanup_stale_temps, ensure_writable_dir
 from ..utils.lock import FolderLock
 from .build import build_pair, copy_parameters, ema_pairs
@@ -38,7 +39,7 @@ from ..engine.optim import build_optimizer
 from ..engine.pipeline import SkippedSamples, build_train_pipeline
 from ..engine.seeds import Stream, stream_rng
 from .plan import check_data, plan_from_config, pretrained_path, val_dataset
-from .records import RunFiles, StepLog, TrainingDiverged, plot_curves, resume_seed, save_run_config, say
+from .records import RunFiles, StepLog, TrainingDiverged, plot_curves, resume_seed, save_run_config
 from ..engine.state import load_training_state, save_model, save_training_state
 from ..engine.steps import Predictor, SumBuffers, SupervisedStep, scalar
 # re-exported: the names other modules, tests and scripts import from here

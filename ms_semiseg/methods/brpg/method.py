@@ -16,7 +16,7 @@ from ...engine.distributed import context
 from ...engine.seeds import Stream, stream_rng
 from ...errors import UserError
 from ...models.decoder import HEAD_PLANES
-from ...train.records import say
+from ...engine.console import say
 from ..mean_teacher import MeanTeacher
 from .settings import SECTION, BRPGSettings, brpg_enabled
 from .state import BRPGState

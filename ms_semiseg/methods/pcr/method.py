@@ -16,7 +16,7 @@ from mindspore import Tensor
 from ...engine.distributed import broadcast_array, main_process_only
 from ...engine.masks import patch_select_coords
 from ...engine.seeds import Stream, stream_rng
-from ...train.records import say
+from ...engine.console import say
 from ..mean_teacher import MeanTeacher
 from .proto_init import init_prototypes, load_proto_pickle, save_proto_pickle
 from .step import PCRStep
