@@ -1,4 +1,5 @@
 import os
+import shutil
 import sys
 
 import pytest
@@ -54,6 +55,27 @@ def graph_mode():
     ms.set_context(mode=ms.GRAPH_MODE)
     yield
     ms.set_context(mode=ms.PYNATIVE_MODE)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def remove_module_folders(request, tmp_path_factory):
+    """Removes what a module's tests wrote under pytest's base folder once the module is done, if none of them
+    failed. The module-scoped fixtures (trained runs, converted checkpoints, compiled packages) would otherwise stay
+    until the end of the run: several GB in all, which filled a CI disk. pyproject.toml's tmp_path_retention_policy
+    already removes a passing test's own tmp_path. Runs first and is torn down last among a module's fixtures (an
+    autouse fixture of the widest scope), so everything the module made is there to remove; a session-scoped
+    fixture writing under the base folder would be removed with it (the suite has none)."""
+    base = tmp_path_factory.getbasetemp()
+    before = set(base.iterdir())
+    failures_before = request.session.testsfailed
+    yield
+    if request.session.testsfailed != failures_before:
+        return  # keep everything for inspection
+    for path in set(base.iterdir()) - before:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
 
 
 @pytest.fixture(scope="session")
