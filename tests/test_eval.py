@@ -338,6 +338,22 @@ def test_order_by_size_groups_sizes_and_keeps_list_order(voc):
     assert order == [0, 2, 4, 1, 3, 5]  # sizes alternate (41x53, 53x37): each size together, in list order
 
 
+def test_auto_order_puts_graph_sizes_before_op_by_op_ones(voc):
+    from ms_semiseg.eval.evaluate import Protocol, planned_order
+
+    class GraphFor5337:  # an `auto` predictor that compiles 53x37 only
+        def expect(self, calls):
+            self.calls = calls
+
+        def uses_graph(self, size):
+            return tuple(size) == (53, 37)
+
+    paths = [voc["dataset"].sample_paths(index)[1] for index in range(len(voc["dataset"]))]
+    predict = GraphFor5337()
+    assert planned_order(paths, predict, Protocol("whole")) == [1, 3, 5, 0, 2, 4]
+    assert predict.calls == {(41, 53): 3, (53, 37): 3}
+
+
 @pytest.mark.parametrize("overrides, culprit", [
     (dict(protocol="center-crop", scales=[0.5, 1.0]), "--protocol center-crop"),
     (dict(scales=[1.0, -0.5]), "--scales -0.5"),

@@ -146,12 +146,20 @@ def order_by_size(image_paths, sizes=None):
 
 
 def planned_order(image_paths, predict, protocol):
-    """order_by_size, after telling an `auto` predictor how many forwards each input size will get."""
+    """order_by_size, after telling an `auto` predictor how many forwards each input size will get; then the
+    images with a compiled-graph forward go before those run only op by op, so every graph is released before the
+    op-by-op forwards start (a graph compiled after op-by-op forwards adds its memory to PyNative's pool, which stays
+    allocated: docs/performance.md "Memory"). Static and pynative predictors keep the plain size order."""
     from collections import Counter
     sizes = [_image_size(path) for path in image_paths]
-    if hasattr(predict, "expect"):
-        predict.expect(Counter(size for height, width in sizes for size in protocol.forward_sizes(height, width)))
-    return order_by_size(image_paths, sizes)
+    order = order_by_size(image_paths, sizes)
+    if not hasattr(predict, "expect"):
+        return order
+    predict.expect(Counter(size for height, width in sizes for size in protocol.forward_sizes(height, width)))
+
+    def op_by_op_only(index):
+        return not any(predict.uses_graph(size) for size in protocol.forward_sizes(*sizes[index]))
+    return sorted(order, key=op_by_op_only)  # stable: sizes stay grouped within each part
 
 
 def progress_bar(iterable, total, enabled, desc="eval"):
