@@ -136,10 +136,10 @@ def test_split_opts_applies_prefixed_overrides_to_one_method():
 
 
 def test_baseline_epochs_match_the_reference_iterations():
-    # demo defaults: 50 labeled / batch 5 = 10 iterations per epoch; PCR: 4 epochs x 750 unlabeled / 5 = 600
-    baseline = SimpleNamespace(iterations=60 * 10, cfg={"trainer": {"epochs": 60}})
-    assert specs.baseline_epochs(baseline, SimpleNamespace(iterations=600)) == 60
-    assert specs.baseline_epochs(baseline, SimpleNamespace(iterations=300)) == 30
+    # demo defaults: 25 labeled / batch 5 = 5 iterations per epoch; PCR: 4 epochs x 775 unlabeled / 5 = 620
+    baseline = SimpleNamespace(iterations=124 * 5, cfg={"trainer": {"epochs": 124}})
+    assert specs.baseline_epochs(baseline, SimpleNamespace(iterations=620)) == 124
+    assert specs.baseline_epochs(baseline, SimpleNamespace(iterations=310)) == 62
     assert specs.baseline_epochs(baseline, SimpleNamespace(iterations=3)) == 1
 
 

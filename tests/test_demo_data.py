@@ -211,3 +211,42 @@ def test_unknown_task_is_a_one_line_error(tmp_path):
     result = subprocess.run([sys.executable, "-m", "ms_semiseg.demo.make_data", "--out", str(tmp_path / "x"),
                              "--task", "imagenet"], capture_output=True, text=True, cwd=REPO_ROOT)
     assert result.returncode == 2 and "invalid choice: 'imagenet'" in result.stderr
+
+
+def test_demo_scenes_are_plain_and_source_scenes_keep_their_clutter(monkeypatch):
+    """The demo's scenes (format 4) have gradient backgrounds and no grey distractors; the source task, on which
+    ckpt/demo/resnet18_source.ckpt was trained, keeps photo/stripe backgrounds and distractors."""
+    from ms_semiseg.demo import painter
+    from ms_semiseg.demo.make_data import PLAIN_SCENES
+    from ms_semiseg.demo.source_task import SOURCE_CLASSES
+    assert PLAIN_SCENES == {"demo": True, "source": False}
+    calls = {"clutter": 0, "background fills": 0}
+    clutter_parts, photo_crop, render_fill = painter.clutter_parts, painter.photo_crop, painter.render_fill
+
+    def counting_clutter(rng):
+        calls["clutter"] += 1
+        return clutter_parts(rng)
+
+    monkeypatch.setattr(painter, "clutter_parts", counting_clutter)
+    for seed in range(30):
+        painter.render_scene(np.random.default_rng(seed), 48, painter.CLASSES, plain=True)
+    assert calls["clutter"] == 0
+    for seed in range(30):
+        painter.render_scene(np.random.default_rng(seed), 48, SOURCE_CLASSES, plain=False)
+    assert calls["clutter"] > 0
+
+    def counting(function):
+        def wrapper(*args, **kwargs):
+            calls["background fills"] += 1
+            return function(*args, **kwargs)
+        return wrapper
+
+    # a background is a photo crop or a stripe fill unless it is the gradient: neither may run for plain scenes
+    monkeypatch.setattr(painter, "photo_crop", counting(photo_crop))
+    monkeypatch.setattr(painter, "render_fill", counting(render_fill))
+    for seed in range(30):
+        painter.background(np.random.default_rng(seed), 48, plain=True)
+    assert calls["background fills"] == 0
+    for seed in range(30):
+        painter.background(np.random.default_rng(seed), 48)
+    assert calls["background fills"] > 0

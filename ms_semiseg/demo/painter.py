@@ -295,9 +295,12 @@ def paint_layer(rng, image, instance, parts, pose, instance_id):
     return [int(v) for v in (*boxes[:, :2].min(axis=0), *boxes[:, 2:].max(axis=0))]
 
 
-def background(rng, size):
-    """A low-contrast photo crop (30%), a sky/ground gradient (35%) or a low-contrast stripe pattern (35%)."""
+def background(rng, size, plain=False):
+    """A low-contrast photo crop (30%), a sky/ground gradient (35%) or a low-contrast stripe pattern (35%); plain:
+    always the gradient."""
     choice = rng.random()
+    if plain:  # the draw mapped into the gradient's range, as docs/demo.md's fifth-round data was made (same bytes)
+        choice = 0.3 + 0.35 * choice
     if choice < 0.3:
         crop = photo_crop(rng, size, size, (0.3, 1.0))
         return 0.5 * crop + 0.5 * crop.mean(axis=(0, 1))
@@ -319,13 +322,17 @@ def degrade(rng, image):
     return np.clip(np.round(image), 0, 255).astype(np.uint8)
 
 
-def render_scene(rng, size, classes=CLASSES):
-    """One image: (RGB uint8 HxWx3, label uint8 HxW, list of instance records)."""
+def render_scene(rng, size, classes=CLASSES, plain=False):
+    """One image: (RGB uint8 HxWx3, label uint8 HxW, list of instance records). plain: a gradient background and
+    no grey distractors (the demo's scenes, make_data); otherwise also photo and stripe backgrounds and 0-3
+    distractors (the source task's)."""
     names = class_names_of(classes)
-    image = np.ascontiguousarray(background(rng, size), np.float32)
+    image = np.ascontiguousarray(background(rng, size, plain), np.float32)
     instance = np.zeros((size, size), np.uint8)
     num_objects = int(rng.integers(OBJECTS_PER_IMAGE[0], OBJECTS_PER_IMAGE[1] + 1))
     num_clutter = int(rng.integers(CLUTTER_PER_IMAGE[0], CLUTTER_PER_IMAGE[1] + 1))
+    if plain:
+        num_clutter = 0  # drawn and dropped, for the same reason as in background()
     layers = rng.permutation([True] * num_objects + [False] * num_clutter)  # True = object; random depth order
     records, class_of_instance = [], [0]
     for is_object in layers:

@@ -1,7 +1,7 @@
 """`python -m ms_semiseg demo`: the bundled CPU demo end to end (the README's `bash scripts/demo.sh`).
 
-Steps: generate the demo dataset (`ms_semiseg.demo.make_data`: 1000 images of 128x128, 5 classes, 50 labeled =
-1/16 of the 800 train images, 750 unlabeled, 200 val; `--data-seed` picks another generated dataset); train the
+Steps: generate the demo dataset (`ms_semiseg.demo.make_data`: 1000 images of 128x128, 5 classes, 25 labeled =
+1/32 of the 800 train images, 775 unlabeled, 200 val; `--data-seed` picks another generated dataset); train the
 supervised-only baseline and PCR (and, with `--methods`, the mean teacher without prototypes and BRPG) with the
 configs of experiments/demo/{suponly,meanteacher,ours,brpg}/ for the same number of iterations (the baseline's epochs are derived from
 PCR's iterations); evaluate each with `ms_semiseg eval` (VOC whole-image protocol); draw a prediction grid; print
@@ -37,7 +37,7 @@ QUICK_OPTS = {"all": ["trainer.epochs=3", "dataset.batch_size=4", "dataset.train
               "ours": ["net.proto_head.select_granularity=8"],
               "brpg": ["trainer.prototype.sample_pixel_num=50", "trainer.prototype.unsup_sample_num=20",
                        "trainer.prototype.queue_len=500", "trainer.prototype.grid_num=8"]}
-FULL_DATA = {"num_images": 1000, "size": 128, "num_val": None, "labeled_fraction": 1 / 16}
+FULL_DATA = {"num_images": 1000, "size": 128, "num_val": None, "labeled_fraction": 1 / 32}
 
 
 # ---------------------------------------------------------------------------------------------------- arguments
@@ -57,7 +57,7 @@ def add_arguments(parser):
                                                          f"{DEFAULT_DATA_DIR}_seed<N> for --data-seed N; "
                                                          "<out-dir>/data with --quick)")
     parser.add_argument("--labeled-fraction", type=fraction, default=FULL_DATA["labeled_fraction"],
-                        help="labeled share of the generated train images (default 1/16; another value regenerates "
+                        help="labeled share of the generated train images (default 1/32; another value regenerates "
                              "the dataset folder)")
     parser.add_argument("--out-dir", default=None, help=f"runs, figure and summary (default {DEFAULT_OUT_DIR}; "
                                                         f"{QUICK_OUT_DIR} with --quick)")
