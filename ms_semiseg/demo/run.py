@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from ..errors import UserError
-from .make_data import fraction
+from .make_data import DEFAULT_LABELED_FRACTION, fraction
 from .report import last_line, print_report, output_paths, summary_payload, write_figure
 from .runs import Result, left_out_reason, remove_tree, run_method
 from .specs import DEFAULT_METHODS, METHOD_KEYS, METHODS, REPO_ROOT, build_specs
@@ -37,7 +37,7 @@ QUICK_OPTS = {"all": ["trainer.epochs=3", "dataset.batch_size=4", "dataset.train
               "ours": ["net.proto_head.select_granularity=8"],
               "brpg": ["trainer.prototype.sample_pixel_num=50", "trainer.prototype.unsup_sample_num=20",
                        "trainer.prototype.queue_len=500", "trainer.prototype.grid_num=8"]}
-FULL_DATA = {"num_images": 1000, "size": 128, "num_val": None, "labeled_fraction": 1 / 32}
+FULL_DATA = {"num_images": 1000, "size": 128, "num_val": None, "labeled_fraction": DEFAULT_LABELED_FRACTION}
 
 
 # ---------------------------------------------------------------------------------------------------- arguments
