@@ -185,8 +185,14 @@ def check_same_results(ours):
 def main(argv=None):
     args = parse_args(argv)
     args.config = os.path.abspath(args.config)
-    folder = args.workdir or tempfile.mkdtemp(prefix="eval_speed_")
-    os.makedirs(folder, exist_ok=True)
+    if args.workdir:
+        os.makedirs(args.workdir, exist_ok=True)
+        return run(args, args.workdir)
+    with tempfile.TemporaryDirectory(prefix="eval_speed_") as folder:  # images, weights, results: removed after
+        return run(args, folder)
+
+
+def run(args, folder):
     print(f"work dir {folder}; load average {os.getloadavg()[0]:.1f}", flush=True)
     sizes = image_sizes(args.mix, args.images, args.scale)
     data = make_images(os.path.join(folder, "voc"), sizes, args.seed)

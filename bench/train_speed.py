@@ -129,12 +129,15 @@ def build_trainer(args):
     trainer (ms_semiseg/train/trainer.py) on one random batch: the config's criterion, method (PCR's patch
     granularity, prototype update), EMA and host work per iteration (dropout masks, CutMix boxes, patch pixels),
     with the teacher that a semi-supervised run has (its warm-up steps also refresh the teacher's BatchNorm)."""
+    import atexit
+    import shutil
     import tempfile
     from ms_semiseg.train.plan import plan_from_config
     from ms_semiseg.train.records import RunFiles
     from ms_semiseg.train.trainer import Trainer
     set_mindspore_context(args)
     folder = tempfile.mkdtemp(prefix="train_speed_")
+    atexit.register(shutil.rmtree, folder, True)  # the trainer's run folder lives as long as the timed closures
     cfg = trainer_config(args, folder)
     plan = plan_from_config(cfg)
     if not plan.semi:
