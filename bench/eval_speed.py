@@ -27,6 +27,8 @@ import sys
 import tempfile
 import time
 
+import train_speed  # bench/train_speed.py: the shared --torch-isa option (stdlib only at import)
+
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_CONFIG = os.path.join(REPO_ROOT, "experiments", "pascal", "92", "ours", "config.yaml")
 VOC_SIZES = [(375, 500), (500, 375), (333, 500), (500, 333), (500, 500)]  # (h, w), the most common VOC sizes
@@ -60,6 +62,7 @@ def parse_args(argv=None):
                         help="runs per side in ABBA order, averaged, so load changes on a shared machine hit both "
                              "sides alike (default 2)")
     parser.add_argument("--seed", type=int, default=0)
+    train_speed.add_torch_isa_argument(parser)
     parser.add_argument("--workdir", default=None, help="keep data, weights and results here (default: a temp dir)")
     args = parser.parse_args(argv)
     args.images = DEFAULT_IMAGES[args.mix] if args.images is None else args.images
@@ -130,8 +133,8 @@ def run_reference(args, data, pth, folder):
     command = [sys.executable, "-m", "ms_semiseg.eval.reference", "--config", args.config, "--pth", pth,
                "--data-root", data["root"], "--opts", f"dataset.val.data_list={data['lists']['val']}", *args.opts,
                "--protocol", "whole", "--threads", str(args.threads), "--json", output]
-    # importing ms_semiseg caps oneDNN at AVX2 for MindSpore; PyTorch keeps its default ISA
-    wall, rss = run_measured(command, child_env(args.threads, ONEDNN_MAX_CPU_ISA="ALL"))
+    # importing ms_semiseg caps oneDNN at AVX2 for MindSpore; PyTorch keeps its default ISA unless --torch-isa
+    wall, rss = run_measured(command, child_env(args.threads, ONEDNN_MAX_CPU_ISA=args.torch_isa))
     with open(output, encoding="utf-8") as handle:
         result = json.load(handle)
     return dict(elapsed=result["elapsed_s"], wall=wall, rss=rss, miou=result["miou"], miou_proto=result["miou_proto"])
@@ -158,7 +161,8 @@ def report(args, sizes, ours, reference):
     def rate(result, key):
         return count / result[key]
     print(f"\n{count} images, {describe_sizes(sizes)}, {args.threads} threads, {args.rounds} round(s), config "
-          f"{os.path.relpath(args.config, REPO_ROOT)}{', encoder ' + args.arch if args.arch else ''}")
+          f"{os.path.relpath(args.config, REPO_ROOT)}{', encoder ' + args.arch if args.arch else ''}, oneDNN ISA: "
+          f"MindSpore AVX2, PyTorch {args.torch_isa}")
     print(f"{'pipeline':<30} {'images/s':>9} {'eval s':>8} {'process s':>10} {'compiles':>9} {'compile s':>10} "
           f"{'peak RSS MiB':>13} {'mIoU':>7} {'proto':>7}")
     rows = [(f"MindSpore (ours, {strategy})", result) for strategy, result in ours.items()]

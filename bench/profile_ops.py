@@ -252,11 +252,8 @@ def spawn(args, side):
                "--warmup", str(args.warmup), "--threads", str(args.threads), "--size", *map(str, args.size)]
     command += (["--semi"] if side == "mindspore-semi" else []) + (["--keep-trace", args.keep_trace]
                                                                    if args.keep_trace else [])
-    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), GLOG_v="3",
-               PYTHONPATH=REPO_ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    if side.startswith("torch"):  # as bench/train_speed.py: MindSpore's AVX2 oneDNN cap is not PyTorch's
-        env["ONEDNN_MAX_CPU_ISA"] = "ALL"
-    out = subprocess.run(command, env=env, capture_output=True, text=True, cwd=REPO_ROOT)
+    out = subprocess.run(command, env=train_speed.side_env(args, side.startswith("torch")), capture_output=True,
+                         text=True, cwd=REPO_ROOT)
     lines = [ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")]
     if out.returncode != 0 or not lines:
         sys.exit(f"{side} side failed (exit {out.returncode}):\n{out.stderr[-3000:]}")
@@ -383,6 +380,7 @@ def parse_args(argv=None):
                         help="runs per side in ABBA order, the fastest kept (for a machine shared with other jobs)")
     parser.add_argument("--top", type=int, default=12, help="operators listed per side")
     parser.add_argument("--keep-trace", default=None, help="keep the raw profiler outputs in this folder")
+    train_speed.add_torch_isa_argument(parser)
     parser.add_argument("--side", choices=("mindspore", "mindspore-semi", "mindspore-eval", "torch", "torch-eval"),
                         help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -402,8 +400,8 @@ def main(argv=None):
         return main_eval(args)
     print(f"{args.arch}, batch {args.batch} x 3 x {args.crop} x {args.crop}, {args.threads} threads, "
           f"{args.steps} timed + {args.steps} profiled steps after {1 + args.warmup} untimed, best of {args.rounds} "
-          f"round(s) per side, config "
-          f"{os.path.relpath(args.config, REPO_ROOT)}\n")
+          f"round(s) per side, config {os.path.relpath(args.config, REPO_ROOT)}, oneDNN ISA: MindSpore AVX2, "
+          f"PyTorch {args.torch_isa}\n")
     results = best_of_rounds(args, ("mindspore", "torch"))
     report_sides(results, args.top, "step")
     if args.semi:
@@ -426,7 +424,7 @@ def main_eval(args):
     print(f"evaluation forward, {args.arch}, one 1 x 3 x {height} x {width} image (whole-image protocol), "
           f"{args.threads} threads, {args.steps} timed + {args.steps} profiled forwards after {1 + args.warmup} "
           f"untimed, best of {args.rounds} round(s) per side, config {os.path.relpath(args.config, REPO_ROOT)}; "
-          f"MindSpore: Predictor, static graph\n")
+          f"MindSpore: Predictor, static graph; oneDNN ISA: MindSpore AVX2, PyTorch {args.torch_isa}\n")
     best = best_of_rounds(args, ("mindspore-eval", "torch-eval"))
     results = {"mindspore": best["mindspore-eval"], "torch": best["torch-eval"]}
     report_sides(results, args.top, "forward")

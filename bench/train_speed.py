@@ -220,15 +220,32 @@ def child(args):
     print("RESULT " + json.dumps(result))
 
 
+TORCH_ISAS = ("ALL", "AVX512_CORE", "AVX2")
+
+
+def add_torch_isa_argument(parser):
+    """`--torch-isa`: oneDNN's ISA for the PyTorch side (the benches share it). `import ms_semiseg` caps MindSpore's
+    oneDNN at AVX2 (its AVX-512 fp32 NCHW convolutions run a reference kernel, docs/performance.md); PyTorch keeps
+    its own default unless asked, so `--torch-isa AVX2` compares the two frameworks on the same kernels."""
+    parser.add_argument("--torch-isa", choices=TORCH_ISAS, default="ALL",
+                        help="ONEDNN_MAX_CPU_ISA of the PyTorch side: ALL (its default) or AVX2 (MindSpore's cap)")
+
+
+def side_env(args, torch_side):
+    """The environment of one side's process: its thread count, quiet logs, the repo importable, and on the PyTorch
+    side the `--torch-isa` (the MindSpore side gets its AVX2 cap from `import ms_semiseg`)."""
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), GLOG_v="3",
+               PYTHONPATH=REPO_ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    if torch_side:
+        env["ONEDNN_MAX_CPU_ISA"] = args.torch_isa
+    return env
+
+
 def spawn(args, side):
     command = [sys.executable, os.path.abspath(__file__), "--side", side, "--config", args.config, "--arch", args.arch,
                "--crop", str(args.crop), "--batch", str(args.batch), "--steps", str(args.steps), "--warmup",
                str(args.warmup), "--threads", str(args.threads)]
-    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), GLOG_v="3",
-               PYTHONPATH=REPO_ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    if side == "torch":  # importing ms_semiseg caps oneDNN at AVX2 for MindSpore; PyTorch keeps its default
-        env["ONEDNN_MAX_CPU_ISA"] = "ALL"
-    out = subprocess.run(command, env=env, capture_output=True, text=True)
+    out = subprocess.run(command, env=side_env(args, side == "torch"), capture_output=True, text=True)
     lines = [ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")]
     if out.returncode != 0 or not lines:
         sys.exit(f"{side} side failed (exit {out.returncode}):\n{out.stderr[-3000:]}")
@@ -245,12 +262,14 @@ def main():
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps after the first")
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--semi", action="store_true", help="also time our semi-supervised iteration")
+    add_torch_isa_argument(parser)
     parser.add_argument("--side", choices=("mindspore", "trainer", "torch"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.side:
         return child(args)
     print(f"{args.arch}, batch {args.batch} x 3 x {args.crop} x {args.crop}, {args.threads} threads, "
-          f"{args.steps} timed steps after {1 + args.warmup} untimed")
+          f"{args.steps} timed steps after {1 + args.warmup} untimed, oneDNN ISA: MindSpore AVX2, PyTorch "
+          f"{args.torch_isa}")
     results = {side: spawn(args, side) for side in ("mindspore", "torch")}
     for side, res in results.items():
         print(f"{side:9s}: {1 / res['step_s']:.3f} steps/s ({res['step_s']:.2f} s/step), first step "

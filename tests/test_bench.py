@@ -38,3 +38,14 @@ def test_train_speed_builds_the_trainer_plan_of_the_config(tmp_path):
     plan = plan_from_config(train_speed.trainer_config(args, str(tmp_path)))
     assert plan.semi and plan.use_proto and plan.crop == (48, 48) and plan.batch_size == 3
     assert plan.granularity == 16 and plan.total_updates >= 1000  # the config's grid; no LR schedule run-out
+
+
+def test_torch_isa_reaches_only_the_pytorch_side_and_bad_values_are_refused():
+    args = eval_speed.parse_args(["--torch-isa", "AVX2"])
+    assert args.torch_isa == "AVX2" and eval_speed.parse_args([]).torch_isa == "ALL"
+    sides = SimpleNamespace(threads=1, torch_isa="AVX2")
+    assert train_speed.side_env(sides, True)["ONEDNN_MAX_CPU_ISA"] == "AVX2"
+    assert train_speed.side_env(sides, False).get("ONEDNN_MAX_CPU_ISA") == os.environ.get("ONEDNN_MAX_CPU_ISA")
+    out = subprocess.run([sys.executable, os.path.join(REPO_ROOT, "bench", "train_speed.py"), "--torch-isa", "SSE"],
+                         capture_output=True, text=True, cwd=REPO_ROOT)
+    assert out.returncode == 2 and "argument --torch-isa: invalid choice: 'SSE'" in out.stderr
