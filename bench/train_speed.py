@@ -51,17 +51,39 @@ def peak_rss_mb():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
 
 
-def timed(step, steps, warmup):
-    """(first step seconds, mean seconds of `steps` steps after `warmup` more)."""
+def timed(step, steps, warmup, rss_marks=None):
+    """(first step seconds, mean seconds of `steps` steps after `warmup` more); appends the peak RSS after the first
+    step and after all of them to `rss_marks` when given."""
     start = time.perf_counter()
     step()
     first = time.perf_counter() - start
+    if rss_marks is not None:
+        rss_marks.append(peak_rss_mb())
     for _ in range(warmup):
         step()
     start = time.perf_counter()
     for _ in range(steps):
         step()
+    if rss_marks is not None:
+        rss_marks.append(peak_rss_mb())
     return first, (time.perf_counter() - start) / steps
+
+
+# Peak RSS after each stage of a side's process (ru_maxrss only grows, so each step up is that stage's own cost).
+RSS_STAGES = ("python and numpy", "framework imported", "model, optimizer and step built",
+              "first step (MindSpore: graph compile + run)", "warm-up and timed steps")
+
+
+def timed_with_stages(import_framework, build, args):
+    """`timed` of the step `build(args)` returns, with the peak RSS of every stage in RSS_STAGES."""
+    import numpy  # noqa: F401  (both sides need it: counted in the first stage, not the framework's)
+    marks = [peak_rss_mb()]
+    import_framework()
+    marks.append(peak_rss_mb())
+    step = build(args)
+    marks.append(peak_rss_mb())
+    first, mean = timed(step, args.steps, args.warmup, marks)
+    return {"first_step_s": first, "step_s": mean, "rss_stages_mb": marks}
 
 
 def build_mindspore(args):
@@ -169,7 +191,7 @@ def interleaved(steps, count, warmup):
 
 
 def run_mindspore(args):
-    return dict(zip(("first_step_s", "step_s"), timed(build_mindspore(args)["sup"], args.steps, args.warmup)))
+    return timed_with_stages(_mindspore, lambda a: build_mindspore(a)["sup"], args)
 
 
 def run_trainer(args):
@@ -211,7 +233,18 @@ def build_torch(args):
 
 
 def run_torch(args):
-    return dict(zip(("first_step_s", "step_s"), timed(build_torch(args), args.steps, args.warmup)))
+    return timed_with_stages(lambda: __import__("torch"), build_torch, args)
+
+
+def rss_stage_table(ms_marks, torch_marks):
+    """Markdown rows: each stage's peak RSS on both sides and what the stage added."""
+    rows = ["| stage | MindSpore peak RSS MiB (+ stage) | PyTorch peak RSS MiB (+ stage) | ratio |",
+            "| --- | ---: | ---: | ---: |"]
+    for index, stage in enumerate(RSS_STAGES):
+        added = [marks[index] - (marks[index - 1] if index else 0.0) for marks in (ms_marks, torch_marks)]
+        rows.append(f"| {stage} | {ms_marks[index]:.0f} (+{added[0]:.0f}) | {torch_marks[index]:.0f} "
+                    f"(+{added[1]:.0f}) | {ms_marks[index] / torch_marks[index]:.2f}x |")
+    return rows
 
 
 def child(args):
@@ -276,6 +309,8 @@ def main():
               f"{res['first_step_s']:.1f} s, peak RSS {res['peak_rss_mb']:.0f} MiB")
     ratio = results["torch"]["step_s"] / results["mindspore"]["step_s"]
     print(f"speed ratio MindSpore/PyTorch: {ratio:.2f}x")
+    print("\npeak RSS by stage (each side in its own process):\n")
+    print("\n".join(rss_stage_table(results["mindspore"]["rss_stages_mb"], results["torch"]["rss_stages_mb"])))
     if args.semi:
         report_trainer(spawn(args, "trainer"), args.steps)
 

@@ -8,8 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ms_semiseg.models.builder import _short_type
-from ms_semiseg.models.resnet import MULTI_GRID, layer_dilations
+from ms_semiseg.net_spec import MULTI_GRID, layer_dilations, short_type
 
 BLOCKS = {"resnet18": ("basic", (2, 2, 2, 2)), "resnet34": ("basic", (3, 4, 6, 3)),
           "resnet50": ("bottleneck", (3, 4, 6, 3)), "resnet101": ("bottleneck", (3, 4, 23, 3)),
@@ -209,7 +208,7 @@ class TorchModelBuilder(nn.Module):
         enc_kwargs = dict(net_cfg["encoder"].get("kwargs") or {})
         dec_kwargs = dict(net_cfg["decoder"].get("kwargs") or {})
         num_classes = int(net_cfg["num_classes"])
-        self.encoder = ResNet(_short_type(net_cfg["encoder"]["type"]), **enc_kwargs)
+        self.encoder = ResNet(short_type(net_cfg["encoder"]["type"]), **enc_kwargs)
         proto_cfg = net_cfg.get("proto_head")
         dec_kwargs.setdefault("rep_head", True)
         dec_kwargs["rep_clf"] = bool(dec_kwargs.get("rep_clf", False) or proto_cfg)

@@ -184,7 +184,7 @@ _MISSING = object()
 
 def net_config(cfg):
     """The `net:` section, checked (types, encoder/decoder keys) with errors naming the config file."""
-    from .models.builder import validate_net_config
+    from .net_spec import validate_net_config
     require(cfg, {"net": dict})
     require(cfg, NET_SCHEMA)
     try:

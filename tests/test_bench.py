@@ -49,3 +49,15 @@ def test_torch_isa_reaches_only_the_pytorch_side_and_bad_values_are_refused():
     out = subprocess.run([sys.executable, os.path.join(REPO_ROOT, "bench", "train_speed.py"), "--torch-isa", "SSE"],
                          capture_output=True, text=True, cwd=REPO_ROOT)
     assert out.returncode == 2 and "argument --torch-isa: invalid choice: 'SSE'" in out.stderr
+
+
+def test_the_pytorch_side_does_not_import_mindspore():
+    """Its peak RSS is PyTorch's: the reference model and the config checks load no MindSpore (~360 MiB)."""
+    code = ("import sys; sys.path.insert(0, 'bench'); import argparse, train_speed; "
+            "train_speed.build_torch(argparse.Namespace(config='experiments/demo/ours/config.yaml', arch='resnet18', "
+            "crop=32, batch=1, threads=1)); import ms_semiseg.eval.reference; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'mindspore'))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO_ROOT,
+                         env=dict(os.environ, PYTHONPATH=REPO_ROOT))
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "[]"

@@ -2,43 +2,11 @@
 from mindspore import nn
 
 from ..errors import UserError
+from ..net_spec import validate_net_config
 from .decoder import AuxHead, DeepLabV3PlusDecoder
 from .layers import resize_bilinear
 from .proto_head import CosineProtoHead
-from .resnet import ARCHS, build_resnet
-
-ENCODER_KWARGS = {"multi_grid", "zero_init_residual", "fpn", "replace_stride_with_dilation", "deep_stem"}
-ENCODER_KWARGS.add("stem_pool")  # issue 16: the stem max-pool form, checked in resnet.check_stem_pool
-DECODER_KWARGS = {"inner_planes", "dilations", "rep_head", "rep_clf", "head_planes"}
-DECODER_TYPES = ("dec_deeplabv3_plus",)
-
-
-def _short_type(type_path):
-    """`core.models.resnet.resnet101` / `u2pl.models.resnet.resnet101` -> `resnet101`."""
-    return str(type_path).rsplit(".", 1)[-1]
-
-
-def _check_kwargs(section, kwargs, allowed):
-    unknown = sorted(set(kwargs) - allowed)
-    if unknown:
-        raise UserError(f"net.{section}.kwargs: unknown key(s) {unknown}, expected some of {sorted(allowed)}")
-
-
-def validate_net_config(net_cfg):
-    """Checks the encoder/decoder sections; returns (arch, encoder kwargs, decoder kwargs)."""
-    enc_cfg, dec_cfg = net_cfg["encoder"], net_cfg["decoder"]
-    arch = _short_type(enc_cfg["type"])
-    if arch not in ARCHS:
-        raise UserError(f"net.encoder.type: {enc_cfg['type']!r} is not supported, expected one of {sorted(ARCHS)}")
-    enc_kwargs = dict(enc_cfg.get("kwargs") or {})
-    _check_kwargs("encoder", enc_kwargs, ENCODER_KWARGS)
-    if not enc_kwargs.get("fpn", False):
-        raise UserError("net.encoder.kwargs.fpn: DeepLabv3+ needs the low-level features, expected fpn: True")
-    if _short_type(dec_cfg["type"]) not in DECODER_TYPES:
-        raise UserError(f"net.decoder.type: {dec_cfg['type']!r} is not supported, expected {DECODER_TYPES}")
-    dec_kwargs = dict(dec_cfg.get("kwargs") or {})
-    _check_kwargs("decoder", dec_kwargs, DECODER_KWARGS)
-    return arch, enc_kwargs, dec_kwargs
+from .resnet import build_resnet
 
 
 class ModelBuilder(nn.Cell):

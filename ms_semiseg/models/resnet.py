@@ -7,6 +7,7 @@ from mindspore import nn
 from mindspore.common.initializer import initializer
 
 from ..errors import UserError
+from ..net_spec import ARCH_LAYERS, layer_dilations
 from .layers import STEM_POOLS, batch_norm, conv2d, max_pool_3x3_s2
 
 ENCODER_INIT = "kaiming_fan_out"
@@ -69,29 +70,8 @@ class Bottleneck(nn.Cell):
         return self.relu(out + identity)
 
 
-ARCHS = {
-    "resnet18": (BasicBlock, (2, 2, 2, 2)),
-    "resnet34": (BasicBlock, (3, 4, 6, 3)),
-    "resnet50": (Bottleneck, (3, 4, 6, 3)),
-    "resnet101": (Bottleneck, (3, 4, 23, 3)),
-    "resnet152": (Bottleneck, (3, 8, 36, 3)),
-}
-MULTI_GRID = (2, 2, 4)
-
-
-def layer_dilations(num_blocks, stride, dilation, dilate, multi_grid):
-    """Per-block dilations of one stage, as U2PL's `_make_layer`: returns (stride, dilations, new dilation).
-
-    With `dilate`, the stage's stride becomes dilation; block 0 keeps the previous dilation. Multi-grid
-    multiplies by (2, 2, 4): layer4 of ResNet-101 at output stride 8 gets (4, 8, 16).
-    """
-    previous = dilation
-    if dilate:
-        dilation *= stride
-        stride = 1
-    grids = MULTI_GRID if multi_grid else (1,) * num_blocks
-    dilations = [previous * grids[0]] + [dilation * grids[i] for i in range(1, num_blocks)]
-    return stride, dilations, dilation
+BLOCKS = {"basic": BasicBlock, "bottleneck": Bottleneck}
+ARCHS = {name: (BLOCKS[kind], layers) for name, (kind, layers) in ARCH_LAYERS.items()}
 
 
 def check_stem_pool(stem_pool):
