@@ -128,20 +128,29 @@ def _ms_profile(run, steps, folder):
     return ops, peak / 2 ** 20, profiled_wall, profiled_cpu
 
 
-def unprofiled_ms(step, args):
+def unprofiled_ms(step, args, rss_marks):
     """{"first_ms", "wall_ms", "cpu_ms"}: the first call's wall time (compile, caches), then the mean wall time and
     process CPU time (all threads) of `step` over args.steps after args.warmup more calls. On a core shared with
-    other jobs the CPU time is the steadier figure: time spent waiting for the core is not in it."""
+    other jobs the CPU time is the steadier figure: time spent waiting for the core is not in it. Appends the peak
+    RSS after the first call and after the others to `rss_marks`."""
     start = time.perf_counter()
     step()
     first = (time.perf_counter() - start) * 1000.0
+    rss_marks.append(train_speed.peak_rss_mb())
     for _ in range(args.warmup):
         step()
     start, cpu_start = time.perf_counter(), time.process_time()
     for _ in range(args.steps):
         step()
+    rss_marks.append(train_speed.peak_rss_mb())
     return {"first_ms": first, "wall_ms": (time.perf_counter() - start) / args.steps * 1000.0,
-            "cpu_ms": (time.process_time() - cpu_start) / args.steps * 1000.0}
+            "cpu_ms": (time.process_time() - cpu_start) / args.steps * 1000.0, "rss_stages_mb": rss_marks}
+
+
+# Peak RSS stages of an evaluation forward's process (train_speed.RSS_STAGES for a training step).
+EVAL_RSS_STAGES = ("python and numpy", "framework imported", "model and predictor built",
+                   "first forward (MindSpore static: graph compile + run)",
+                   "warm-up and timed forwards")
 
 
 def eval_image(args):
@@ -160,18 +169,21 @@ def build_mindspore_eval(args):
     train_speed._mindspore().set_seed(0)
     model = create_model(net)
     model.set_train(False)
-    predictor, image = Predictor(model, "static"), eval_image(args)
+    predictor, image = Predictor(model, args.strategy), eval_image(args)
     return lambda: predictor(image)
 
 
 def run_mindspore(args):
     if args.side == "mindspore-eval":
-        run = build_mindspore_eval(args)
+        build = build_mindspore_eval
     elif args.side == "mindspore-semi":
-        run = train_speed.build_trainer(args)["semi"]
+        def build(a):
+            return train_speed.build_trainer(a)["semi"]
     else:
-        run = train_speed.build_mindspore(args)["sup"]
-    timing = unprofiled_ms(run, args)
+        def build(a):
+            return train_speed.build_mindspore(a)["sup"]
+    run, marks = train_speed.built_with_stages(train_speed._mindspore, build, args)
+    timing = unprofiled_ms(run, args, marks)
     rss = train_speed.peak_rss_mb()
     folder = tempfile.mkdtemp(prefix="ms_profile_")
     try:
@@ -209,10 +221,11 @@ def build_torch_eval(args):
 
 
 def run_torch(args):
+    step, marks = train_speed.built_with_stages(
+        lambda: __import__("torch"), build_torch_eval if args.side == "torch-eval" else train_speed.build_torch, args)
+    timing = unprofiled_ms(step, args, marks)
     import torch
     from torch.profiler import ProfilerActivity, profile
-    step = build_torch_eval(args) if args.side == "torch-eval" else train_speed.build_torch(args)
-    timing = unprofiled_ms(step, args)
     rss = train_speed.peak_rss_mb()
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         start, cpu_start = time.perf_counter(), time.process_time()
@@ -249,7 +262,8 @@ def child(args):
 def spawn(args, side):
     command = [sys.executable, os.path.abspath(__file__), "--side", side, "--config", args.config, "--arch",
                args.arch, "--crop", str(args.crop), "--batch", str(args.batch), "--steps", str(args.steps),
-               "--warmup", str(args.warmup), "--threads", str(args.threads), "--size", *map(str, args.size)]
+               "--warmup", str(args.warmup), "--threads", str(args.threads), "--size", *map(str, args.size),
+               "--strategy", args.strategy]
     command += (["--semi"] if side == "mindspore-semi" else []) + (["--keep-trace", args.keep_trace]
                                                                    if args.keep_trace else [])
     out = subprocess.run(command, env=train_speed.side_env(args, side.startswith("torch")), capture_output=True,
@@ -356,6 +370,10 @@ def report_sides(results, top, unit):
         print(f"\nTop {top} operators, {title}:\n")
         print("\n".join(top_ops(results[side], top, unit)))
     print("\n" + rss_line(results))
+    print("\npeak RSS by stage, before profiling (each side in its own process):\n")
+    stages = EVAL_RSS_STAGES if unit == "forward" else train_speed.RSS_STAGES
+    print("\n".join(train_speed.rss_stage_table(results["mindspore"]["rss_stages_mb"],
+                                                results["torch"]["rss_stages_mb"], stages)))
 
 
 def parse_args(argv=None):
@@ -376,6 +394,8 @@ def parse_args(argv=None):
                         help="profile one evaluation forward (whole-image protocol) instead of a training step")
     parser.add_argument("--size", type=int, nargs=2, default=[375, 500], metavar=("H", "W"),
                         help="--eval: the image size (default 375 500, VOC's most common)")
+    parser.add_argument("--strategy", choices=("static", "pynative"), default="static",
+                        help="--eval: how MindSpore runs the forward, as `eval --strategy` (default: static graph)")
     parser.add_argument("--rounds", type=int, default=1,
                         help="runs per side in ABBA order, the fastest kept (for a machine shared with other jobs)")
     parser.add_argument("--top", type=int, default=12, help="operators listed per side")
@@ -424,7 +444,7 @@ def main_eval(args):
     print(f"evaluation forward, {args.arch}, one 1 x 3 x {height} x {width} image (whole-image protocol), "
           f"{args.threads} threads, {args.steps} timed + {args.steps} profiled forwards after {1 + args.warmup} "
           f"untimed, best of {args.rounds} round(s) per side, config {os.path.relpath(args.config, REPO_ROOT)}; "
-          f"MindSpore: Predictor, static graph; oneDNN ISA: MindSpore AVX2, PyTorch {args.torch_isa}\n")
+          f"MindSpore: Predictor, {args.strategy}; oneDNN ISA: MindSpore AVX2, PyTorch {args.torch_isa}\n")
     best = best_of_rounds(args, ("mindspore-eval", "torch-eval"))
     results = {"mindspore": best["mindspore-eval"], "torch": best["torch-eval"]}
     report_sides(results, args.top, "forward")

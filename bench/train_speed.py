@@ -74,14 +74,20 @@ RSS_STAGES = ("python and numpy", "framework imported", "model, optimizer and st
               "first step (MindSpore: graph compile + run)", "warm-up and timed steps")
 
 
-def timed_with_stages(import_framework, build, args):
-    """`timed` of the step `build(args)` returns, with the peak RSS of every stage in RSS_STAGES."""
+def built_with_stages(import_framework, build, args):
+    """(what `build(args)` returns, [peak RSS after numpy, after the framework's import, after the build])."""
     import numpy  # noqa: F401  (both sides need it: counted in the first stage, not the framework's)
     marks = [peak_rss_mb()]
     import_framework()
     marks.append(peak_rss_mb())
     step = build(args)
     marks.append(peak_rss_mb())
+    return step, marks
+
+
+def timed_with_stages(import_framework, build, args):
+    """`timed` of the step `build(args)` returns, with the peak RSS of every stage in RSS_STAGES."""
+    step, marks = built_with_stages(import_framework, build, args)
     first, mean = timed(step, args.steps, args.warmup, marks)
     return {"first_step_s": first, "step_s": mean, "rss_stages_mb": marks}
 
@@ -236,11 +242,11 @@ def run_torch(args):
     return timed_with_stages(lambda: __import__("torch"), build_torch, args)
 
 
-def rss_stage_table(ms_marks, torch_marks):
+def rss_stage_table(ms_marks, torch_marks, stages=RSS_STAGES):
     """Markdown rows: each stage's peak RSS on both sides and what the stage added."""
     rows = ["| stage | MindSpore peak RSS MiB (+ stage) | PyTorch peak RSS MiB (+ stage) | ratio |",
             "| --- | ---: | ---: | ---: |"]
-    for index, stage in enumerate(RSS_STAGES):
+    for index, stage in enumerate(stages):
         added = [marks[index] - (marks[index - 1] if index else 0.0) for marks in (ms_marks, torch_marks)]
         rows.append(f"| {stage} | {ms_marks[index]:.0f} (+{added[0]:.0f}) | {torch_marks[index]:.0f} "
                     f"(+{added[1]:.0f}) | {ms_marks[index] / torch_marks[index]:.2f}x |")

@@ -79,6 +79,30 @@ def test_eval_defaults_to_the_voc_config_and_its_encoder():
     assert args.config == profile_ops.DEMO_CONFIG and args.arch == "resnet18"
     with pytest.raises(SystemExit):
         profile_ops.parse_args(["--eval", "--semi"])
+    assert profile_ops.parse_args(["--eval"]).strategy == "static"
+    assert profile_ops.parse_args(["--eval", "--strategy", "pynative"]).strategy == "pynative"
+
+
+def test_rss_stage_table_gives_each_stage_its_own_increase():
+    rows = profile_ops.train_speed.rss_stage_table([35, 400, 520, 1120, 1125], [35, 225, 350, 540, 575])
+    cells = [[cell.strip() for cell in row.split("|")[1:-1]] for row in rows[2:]]
+    assert [row[0] for row in cells] == list(profile_ops.train_speed.RSS_STAGES)
+    assert cells[1][1:] == ["400 (+365)", "225 (+190)", "1.78x"]
+    assert cells[3][1:] == ["1120 (+600)", "540 (+190)", "2.07x"]
+
+
+def stage_rows(stdout, stages):
+    """{stage: (MindSpore MiB, PyTorch MiB)} of the printed peak-RSS-by-stage table."""
+    rows = {}
+    for line in stdout.split("peak RSS by stage")[-1].splitlines():
+        cells = [cell.strip() for cell in line.split("|")[1:-1]]
+        if cells and cells[0] in stages:
+            rows[cells[0]] = tuple(float(cell.split()[0]) for cell in cells[1:3])
+    assert list(rows) == list(stages), stdout[-2000:]
+    for side in (0, 1):  # ru_maxrss only grows, stage by stage
+        values = [rows[stage][side] for stage in stages]
+        assert values == sorted(values) and values[0] > 0, values
+    return rows
 
 
 @pytest.mark.slow
@@ -103,6 +127,7 @@ def test_tiny_run_prints_both_sides():
         assert abs(ratio - ours / theirs) <= slack, (kind, rows[kind])
     assert profile_ops.OVERHEAD in rows
     assert "Top 5 operators, MindSpore" in out.stdout and "Top 5 operators, PyTorch" in out.stdout
+    stage_rows(out.stdout, profile_ops.train_speed.RSS_STAGES)
 
 
 @pytest.mark.slow
@@ -123,4 +148,5 @@ def test_tiny_eval_run_prints_both_sides():
         assert float(rows[kind][0]) > 0 and float(rows[kind][1]) > 0, (kind, rows[kind])
     assert "conv backward" not in rows and "optimizer" not in rows  # a forward, nothing of training
     assert "Top 3 operators, MindSpore" in out.stdout and "Top 3 operators, PyTorch" in out.stdout
+    stage_rows(out.stdout, profile_ops.EVAL_RSS_STAGES)
     assert "peak RSS before profiling: MindSpore" in out.stdout
