@@ -132,7 +132,11 @@ def points_of_every_image(batch, coords):
     return images, ops.tile(coords[:, 0], (batch,)), ops.tile(coords[:, 1], (batch,))
 
 
+def clamped_l2_norm(x, axis):
+    """max(||x||, 1e-12) along `axis` (kept), F.normalize's divisor."""
+    return ops.maximum(ops.sqrt((x * x).sum(axis=axis, keepdims=True)), 1e-12)
+
+
 def l2_normalize(x, axis):
     """F.normalize: x / max(||x||, 1e-12). ops.L2Normalize clamps the squared norm instead (differs near zero)."""
-    norm = ops.sqrt((x * x).sum(axis=axis, keepdims=True))
-    return x / ops.maximum(norm, 1e-12)
+    return x / clamped_l2_norm(x, axis)

@@ -3,7 +3,7 @@ import numpy as np
 from mindspore import Parameter, Tensor, nn, ops
 import mindspore as ms
 
-from .layers import l2_normalize
+from .layers import clamped_l2_norm, l2_normalize
 
 
 class CosineProtoHead(nn.Cell):
@@ -38,14 +38,20 @@ class CosineProtoHead(nn.Cell):
         """feat_map (B, D, H, W) -> logits (B, C, H, W), index (B, C, H, W): `scores` of every pixel, computed in
         NCHW as bank (C*K, D) @ features (D, H*W) per image, so that no full-resolution tensor is transposed (the
         NHWC form spent ~190 ms of a 5.5 s ResNet-101 375x500 evaluation forward in Transposes; logits differ from
-        it by float32 rounding only, 1.7e-6 there, bench/profile_ops.py --eval)."""
+        it by float32 rounding only, 1.7e-6 there, bench/profile_ops.py --eval).
+
+        The pixels' norms divide the (C*K, H*W) dot products, not the (D, H*W) features before them: the same cosine
+        up to float32 rounding, with a 6x smaller division (VOC: 84 scores against 512 channels per pixel). Op by op
+        (`eval --strategy pynative/auto`) the division of the 512-channel map took 700 ms of a 4.5 s ResNet-101
+        375x500 forward (`bench/profile_ops.py --eval --strategy pynative`)."""
         b, d, h, w = feat_map.shape
         bank = l2_normalize(self.proto_list, 1)
         if b == 1:
-            sim = ops.matmul(bank, l2_normalize(feat_map.reshape(d, h * w), 0)).reshape(1, -1, h * w)
+            feats = feat_map.reshape(d, h * w)
+            sim = (ops.matmul(bank, feats) / clamped_l2_norm(feats, 0)).reshape(1, -1, h * w)
         else:
-            feats = l2_normalize(feat_map.reshape(b, d, h * w), 1)
-            sim = ops.stack([ops.matmul(bank, feats[i]) for i in range(b)])
+            feats = feat_map.reshape(b, d, h * w)
+            sim = ops.stack([ops.matmul(bank, feats[i]) for i in range(b)]) / clamped_l2_norm(feats, 1)
         sim = sim.reshape(b, self.num_classes, self.num_micro_proto, h, w)
         index, value = self.argmax_k(sim)
         return value / self.temperature, index
