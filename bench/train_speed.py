@@ -51,21 +51,19 @@ def peak_rss_mb():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
 
 
-def timed(step, steps, warmup, rss_marks=None):
+def timed(step, steps, warmup, rss_marks):
     """(first step seconds, mean seconds of `steps` steps after `warmup` more); appends the peak RSS after the first
-    step and after all of them to `rss_marks` when given."""
+    step and after all of them to `rss_marks`."""
     start = time.perf_counter()
     step()
     first = time.perf_counter() - start
-    if rss_marks is not None:
-        rss_marks.append(peak_rss_mb())
+    rss_marks.append(peak_rss_mb())
     for _ in range(warmup):
         step()
     start = time.perf_counter()
     for _ in range(steps):
         step()
-    if rss_marks is not None:
-        rss_marks.append(peak_rss_mb())
+    rss_marks.append(peak_rss_mb())
     return first, (time.perf_counter() - start) / steps
 
 
