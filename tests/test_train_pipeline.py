@@ -215,13 +215,38 @@ def test_oracle_label_u_is_the_transformed_true_label_and_changes_no_other_colum
             np.testing.assert_array_equal(label_u, expected[sid][1].astype(np.int32))
 
 
+def test_partial_oracle_gives_the_first_rows_their_true_labels_and_keeps_the_teachers_for_the_rest():
+    from types import SimpleNamespace
+    from mindspore import Tensor
+    from ms_semiseg.methods.base import TeacherOutputs
+    from ms_semiseg.train.trainer import Trainer
+    rng = np.random.default_rng(0)
+    label_u = rng.integers(0, 5, (5, 4, 4)).astype(np.int32)
+    teacher = TeacherOutputs(Tensor(rng.integers(0, 5, (5, 4, 4)).astype(np.int32)),
+                             Tensor(rng.random((5, 4, 4)).astype(np.float32)))
+    for share, rows in ((0.4, 2), (1.0, 5), (0.0, 0), (0.05, 0)):  # round(share x 5) rows get the true labels
+        out = Trainer._pseudo_labels(SimpleNamespace(plan=SimpleNamespace(oracle_share=share)),
+                                     {"label_u": label_u}, teacher)
+        pseudo, conf = out["pseudo_u"].asnumpy(), out["conf_u"].asnumpy()
+        np.testing.assert_array_equal(pseudo[:rows], label_u[:rows])
+        np.testing.assert_array_equal(conf[:rows], 1.0)
+        np.testing.assert_array_equal(pseudo[rows:], teacher.pseudo_label.asnumpy()[rows:])
+        np.testing.assert_array_equal(conf[rows:], teacher.confidence.asnumpy()[rows:])
+    out = Trainer._pseudo_labels(SimpleNamespace(plan=SimpleNamespace(oracle_share=0.0)), {}, teacher)
+    assert out["pseudo_u"] is teacher.pseudo_label  # no labels read: the method itself
+
+
 def test_oracle_setting_is_validated_by_the_plan(voc):
     from ms_semiseg.train.plan import plan_from_config
     cfg = make_cfg(voc)
     assert plan_from_config(cfg).oracle_pseudo_labels is False  # default: the teacher's pseudo-labels
     cfg["trainer"]["unsupervised"]["oracle_pseudo_labels"] = True
     assert plan_from_config(cfg).oracle_pseudo_labels is True
-    cfg["trainer"]["unsupervised"]["oracle_pseudo_labels"] = "yes"
-    with pytest.raises(UserError, match=r"trainer.unsupervised.oracle_pseudo_labels: 'yes' is not valid, "
-                                        "expected true or false"):
-        plan_from_config(cfg)
+    cfg["trainer"]["unsupervised"]["oracle_pseudo_labels"] = 0.4
+    assert plan_from_config(cfg).oracle_share == 0.4 and plan_from_config(cfg).oracle_pseudo_labels is True
+    for bad in ("yes", 1.5):
+        cfg["trainer"]["unsupervised"]["oracle_pseudo_labels"] = bad
+        with pytest.raises(UserError, match=rf"trainer.unsupervised.oracle_pseudo_labels: {bad!r} is not valid, "
+                                            r"expected true or false, or the share of each batch's unlabeled "
+                                            r"images in \[0, 1\]"):
+            plan_from_config(cfg)

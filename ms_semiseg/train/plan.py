@@ -4,7 +4,7 @@ import os
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
-from ..config import check, get, net_config, number as _number, resolve_path
+from ..config import check, get, is_number, net_config, number as _number, resolve_path
 from ..data.datasets import build_dataset
 from ..data.transforms import build_transform
 from ..errors import UserError
@@ -36,7 +36,8 @@ class TrainPlan:
     ema_decay: float
     drop_percent: float
     cutmix: bool
-    oracle_pseudo_labels: bool  # diagnostic (docs/demo.md): the unlabeled images' true labels replace the teacher's
+    oracle_share: float  # diagnostic (docs/demo.md): share of the unlabeled images whose true labels replace the
+    # teacher's pseudo-labels (0: none, the method itself)
     log_interval: int
     save_interval: int
     eval_on: bool
@@ -74,6 +75,11 @@ class TrainPlan:
         return (iteration + 1) % self.accumulation == 0
 
     @property
+    def oracle_pseudo_labels(self):
+        """Whether the pipeline must read the unlabeled images' labels (`oracle_share`)."""
+        return self.oracle_share > 0
+
+    @property
     def warmup_steps(self):
         return self.sup_only_epoch * self.iterations
 
@@ -99,9 +105,14 @@ def _cutmix(cfg):
 def _oracle(cfg):
     """`trainer.unsupervised.oracle_pseudo_labels`: an upper bound for diagnosis, not a method. The student learns
     from the true labels of the unlabeled images (their label files must exist) with confidence 1, through the
-    same step, losses, CutMix and schedule; entropy dropping still ranks pixels by the teacher's entropy."""
-    value = get(cfg, "trainer.unsupervised.oracle_pseudo_labels", False)
-    return check("trainer.unsupervised.oracle_pseudo_labels", value, isinstance(value, bool), "true or false")
+    same step, losses, CutMix and schedule; entropy dropping still ranks pixels by the teacher's entropy. A number
+    in [0, 1] is the share of each batch's unlabeled images that get their true labels (the first ones of the
+    batch, whose order is random), the others keep the teacher's: true = 1, false = 0."""
+    key = "trainer.unsupervised.oracle_pseudo_labels"
+    value = get(cfg, key, False)
+    check(key, value, isinstance(value, bool) or (is_number(value) and 0 <= value <= 1),
+          "true or false, or the share of each batch's unlabeled images in [0, 1]")
+    return float(value)
 
 
 def _granularity(data, use_proto):
@@ -208,7 +219,7 @@ def plan_from_config(cfg, world_size=1):
         ema_decay=_number(cfg, "net.ema_decay", 0.99, 0.0, 1.0),
         drop_percent=_number(cfg, "trainer.unsupervised.drop_percent", 100, 0.0, 100.0),
         cutmix=semi and _cutmix(cfg),
-        oracle_pseudo_labels=semi and _oracle(cfg),
+        oracle_share=_oracle(cfg) if semi else 0.0,
         log_interval=_number(cfg, "trainer.log_interval", DEFAULT_LOG_INTERVAL, 1, kind=int),
         save_interval=_number(cfg, "trainer.save_interval", 0, 0, kind=int),
         eval_on=eval_on,

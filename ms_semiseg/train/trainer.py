@@ -200,13 +200,18 @@ class Trainer:
         outputs = self._call(self._step_graph("semi step", iteration), *inputs.arguments())
         return self.method.after_step(outputs, teacher, batch["label_l"], epoch, iteration)  # BRPG's CPG sampling
 
-    @staticmethod
-    def _pseudo_labels(batch, teacher):
+    def _pseudo_labels(self, batch, teacher):
         """The teacher's pseudo-labels and confidences; with trainer.unsupervised.oracle_pseudo_labels (a
-        diagnostic, docs/demo.md) the unlabeled images' true labels at confidence 1 instead."""
-        if "label_u" in batch:
-            return {"pseudo_u": Tensor(batch["label_u"]), "conf_u": ops.ones_like(teacher.confidence)}
-        return {"pseudo_u": teacher.pseudo_label, "conf_u": teacher.confidence}
+        diagnostic, docs/demo.md) the true labels at confidence 1 instead, for the first `oracle_share` of the
+        batch's unlabeled images."""
+        rows = round(self.plan.oracle_share * len(batch["label_u"])) if "label_u" in batch else 0
+        if rows == 0:
+            return {"pseudo_u": teacher.pseudo_label, "conf_u": teacher.confidence}
+        true, ones = Tensor(batch["label_u"][:rows]), ops.ones_like(teacher.confidence[:rows])
+        if rows == len(batch["label_u"]):
+            return {"pseudo_u": true, "conf_u": ones}
+        return {"pseudo_u": ops.concat((true, teacher.pseudo_label[rows:])),
+                "conf_u": ops.concat((ones, teacher.confidence[rows:]))}
 
     def _lrs(self, step):
         plan = self.plan
