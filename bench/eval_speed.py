@@ -72,13 +72,6 @@ def parse_args(argv=None):
     return args
 
 
-def child_env(threads, **overrides):
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), **overrides)
-    env["PYTHONPATH"] = REPO_ROOT + os.pathsep + env.get("PYTHONPATH", "")
-    env.setdefault("GLOG_v", "3")
-    return env
-
-
 def run_measured(command, env):
     """Runs a command; returns (wall seconds, peak RSS in MiB of that process alone). Fails loudly on an error."""
     start = time.perf_counter()
@@ -106,7 +99,7 @@ def make_images(folder, sizes, seed):
 
 def make_weights(args, folder):
     pth, ckpt = os.path.join(folder, "random.pth"), os.path.join(folder, "random.ckpt")
-    python, env = sys.executable, child_env(args.threads)
+    python, env = sys.executable, train_speed.side_env(args, torch_side=False)
     opts = ["--opts", *args.opts] if args.opts else []
     run_measured([python, "-m", "convert", "random", "--config", args.config, "--out", pth, "--seed", str(args.seed)]
                  + opts, env)
@@ -121,7 +114,7 @@ def run_ours(args, data, ckpt, folder, strategy):
                "--data-root", data["root"], "--opts", f"dataset.val.data_list={data['lists']['val']}", *args.opts,
                "--device", "CPU", "--threads", str(args.threads), "--strategy", strategy,
                "--metrics", metrics, "--no-progress"]
-    wall, rss = run_measured(command, child_env(args.threads))
+    wall, rss = run_measured(command, train_speed.side_env(args, torch_side=False))
     with open(metrics, encoding="utf-8") as handle:
         result = json.load(handle)
     return dict(elapsed=result["elapsed_s"], wall=wall, rss=rss, miou=result["miou"], miou_proto=result["miou_proto"],
@@ -134,7 +127,7 @@ def run_reference(args, data, pth, folder):
                "--data-root", data["root"], "--opts", f"dataset.val.data_list={data['lists']['val']}", *args.opts,
                "--protocol", "whole", "--threads", str(args.threads), "--json", output]
     # importing ms_semiseg caps oneDNN at AVX2 for MindSpore; PyTorch keeps its default ISA unless --torch-isa
-    wall, rss = run_measured(command, child_env(args.threads, ONEDNN_MAX_CPU_ISA=args.torch_isa))
+    wall, rss = run_measured(command, train_speed.side_env(args, torch_side=True))
     with open(output, encoding="utf-8") as handle:
         result = json.load(handle)
     return dict(elapsed=result["elapsed_s"], wall=wall, rss=rss, miou=result["miou"], miou_proto=result["miou_proto"])
