@@ -13,7 +13,7 @@ OPTIONAL_KEYS = {
     "dataset.palette",  # [[r, g, b], ...] one per class; default VOC/Cityscapes palette, else the VOC colormap
     "trainer.unsupervised.loss_type",  # entropy_drop (U2PL, default) or confidence (conf >= confid_thresh)
     "trainer.unsupervised.loss_weight",  # lambda_u, default 1 (U2PL)
-    "trainer.unsupervised.oracle_pseudo_labels",  # diagnostic: true labels replace the teacher's, default false
+    "trainer.unsupervised.oracle_pseudo_labels",  # diagnostic: true labels replace the teacher's (all, or a share), default false
     "trainer.log_interval",  # steps between loss fetches / log.csv writes, default 10
     "trainer.save_interval",  # iterations between mid-epoch checkpoints, default 0 (epoch ends only)
     "trainer.freeze_bn",  # BatchNorm uses its moving statistics in training too and keeps them, default false

@@ -224,15 +224,15 @@ def test_partial_oracle_gives_the_first_rows_their_true_labels_and_keeps_the_tea
     label_u = rng.integers(0, 5, (5, 4, 4)).astype(np.int32)
     teacher = TeacherOutputs(Tensor(rng.integers(0, 5, (5, 4, 4)).astype(np.int32)),
                              Tensor(rng.random((5, 4, 4)).astype(np.float32)))
-    for share, rows in ((0.4, 2), (1.0, 5), (0.0, 0), (0.05, 0)):  # round(share x 5) rows get the true labels
-        out = Trainer._pseudo_labels(SimpleNamespace(plan=SimpleNamespace(oracle_share=share)),
+    for rows in (2, 5, 0):  # the first `rows` images get the true labels
+        out = Trainer._pseudo_labels(SimpleNamespace(plan=SimpleNamespace(oracle_rows=rows)),
                                      {"label_u": label_u}, teacher)
         pseudo, conf = out["pseudo_u"].asnumpy(), out["conf_u"].asnumpy()
         np.testing.assert_array_equal(pseudo[:rows], label_u[:rows])
         np.testing.assert_array_equal(conf[:rows], 1.0)
         np.testing.assert_array_equal(pseudo[rows:], teacher.pseudo_label.asnumpy()[rows:])
         np.testing.assert_array_equal(conf[rows:], teacher.confidence.asnumpy()[rows:])
-    out = Trainer._pseudo_labels(SimpleNamespace(plan=SimpleNamespace(oracle_share=0.0)), {}, teacher)
+    out = Trainer._pseudo_labels(SimpleNamespace(plan=SimpleNamespace(oracle_rows=0)), {}, teacher)
     assert out["pseudo_u"] is teacher.pseudo_label  # no labels read: the method itself
 
 
@@ -242,8 +242,14 @@ def test_oracle_setting_is_validated_by_the_plan(voc):
     assert plan_from_config(cfg).oracle_pseudo_labels is False  # default: the teacher's pseudo-labels
     cfg["trainer"]["unsupervised"]["oracle_pseudo_labels"] = True
     assert plan_from_config(cfg).oracle_pseudo_labels is True
-    cfg["trainer"]["unsupervised"]["oracle_pseudo_labels"] = 0.4
-    assert plan_from_config(cfg).oracle_share == 0.4 and plan_from_config(cfg).oracle_pseudo_labels is True
+    batch = cfg["dataset"]["batch_size"]
+    assert plan_from_config(cfg).oracle_rows == batch
+    cfg["trainer"]["unsupervised"]["oracle_pseudo_labels"] = 1 / batch  # one image of each batch
+    assert plan_from_config(cfg).oracle_rows == 1 and plan_from_config(cfg).oracle_pseudo_labels is True
+    cfg["trainer"]["unsupervised"]["oracle_pseudo_labels"] = 0.4 / batch  # rounds to none: refused, not ignored
+    with pytest.raises(UserError, match=rf"trainer.unsupervised.oracle_pseudo_labels: {0.4 / batch!r} is not "
+                                        rf"valid, expected a share that gives at least one of the {batch} unlabeled"):
+        plan_from_config(cfg)
     for bad in ("yes", 1.5):
         cfg["trainer"]["unsupervised"]["oracle_pseudo_labels"] = bad
         with pytest.raises(UserError, match=rf"trainer.unsupervised.oracle_pseudo_labels: {bad!r} is not valid, "

@@ -36,8 +36,8 @@ class TrainPlan:
     ema_decay: float
     drop_percent: float
     cutmix: bool
-    oracle_share: float  # diagnostic (docs/demo.md): share of the unlabeled images whose true labels replace the
-    # teacher's pseudo-labels (0: none, the method itself)
+    oracle_rows: int  # diagnostic (docs/demo.md): how many of a batch's unlabeled images (the first ones) get their
+    # true labels instead of the teacher's pseudo-labels (0: none, the method itself)
     log_interval: int
     save_interval: int
     eval_on: bool
@@ -76,8 +76,8 @@ class TrainPlan:
 
     @property
     def oracle_pseudo_labels(self):
-        """Whether the pipeline must read the unlabeled images' labels (`oracle_share`)."""
-        return self.oracle_share > 0
+        """Whether the pipeline must read the unlabeled images' labels (`oracle_rows`)."""
+        return self.oracle_rows > 0
 
     @property
     def warmup_steps(self):
@@ -102,17 +102,21 @@ def _cutmix(cfg):
     return value == "cutmix"
 
 
-def _oracle(cfg):
+def _oracle(cfg, batch_size):
     """`trainer.unsupervised.oracle_pseudo_labels`: an upper bound for diagnosis, not a method. The student learns
     from the true labels of the unlabeled images (their label files must exist) with confidence 1, through the
     same step, losses, CutMix and schedule; entropy dropping still ranks pixels by the teacher's entropy. A number
     in [0, 1] is the share of each batch's unlabeled images that get their true labels (the first ones of the
-    batch, whose order is random), the others keep the teacher's: true = 1, false = 0."""
+    batch, whose order is random), the others keep the teacher's: true = 1, false = 0. Returns the number of
+    images per (per-device) batch."""
     key = "trainer.unsupervised.oracle_pseudo_labels"
     value = get(cfg, key, False)
     check(key, value, isinstance(value, bool) or (is_number(value) and 0 <= value <= 1),
           "true or false, or the share of each batch's unlabeled images in [0, 1]")
-    return float(value)
+    rows = round(float(value) * batch_size)
+    check(key, value, rows > 0 or value == 0,
+          f"a share that gives at least one of the {batch_size} unlabeled images of a batch (or false)")
+    return rows
 
 
 def _granularity(data, use_proto):
@@ -219,7 +223,7 @@ def plan_from_config(cfg, world_size=1):
         ema_decay=_number(cfg, "net.ema_decay", 0.99, 0.0, 1.0),
         drop_percent=_number(cfg, "trainer.unsupervised.drop_percent", 100, 0.0, 100.0),
         cutmix=semi and _cutmix(cfg),
-        oracle_share=_oracle(cfg) if semi else 0.0,
+        oracle_rows=_oracle(cfg, batch_size) if semi else 0,
         log_interval=_number(cfg, "trainer.log_interval", DEFAULT_LOG_INTERVAL, 1, kind=int),
         save_interval=_number(cfg, "trainer.save_interval", 0, 0, kind=int),
         eval_on=eval_on,

@@ -202,9 +202,9 @@ class Trainer:
 
     def _pseudo_labels(self, batch, teacher):
         """The teacher's pseudo-labels and confidences; with trainer.unsupervised.oracle_pseudo_labels (a
-        diagnostic, docs/demo.md) the true labels at confidence 1 instead, for the first `oracle_share` of the
-        batch's unlabeled images."""
-        rows = round(self.plan.oracle_share * len(batch["label_u"])) if "label_u" in batch else 0
+        diagnostic, docs/demo.md) the true labels at confidence 1 instead, for the batch's first `oracle_rows`
+        unlabeled images."""
+        rows = self.plan.oracle_rows
         if rows == 0:
             return {"pseudo_u": teacher.pseudo_label, "conf_u": teacher.confidence}
         true, ones = Tensor(batch["label_u"][:rows]), ops.ones_like(teacher.confidence[:rows])
