@@ -16,6 +16,7 @@ OPTIONAL_KEYS = {
     "trainer.unsupervised.oracle_pseudo_labels",  # diagnostic: true labels replace the teacher's (all, or a share), default false
     "trainer.log_interval",  # steps between loss fetches / log.csv writes, default 10
     "trainer.save_interval",  # iterations between mid-epoch checkpoints, default 0 (epoch ends only)
+    "trainer.save_epoch_interval",  # epochs between end-of-epoch last.ckpt writes, default 1 (every epoch)
     "trainer.freeze_bn",  # BatchNorm uses its moving statistics in training too and keeps them, default false
     "dataset.train.strong_view",  # unlabeled strong view for the student (BRPG/UniMatch), default false
     "dataset.on_bad_image",  # error (default: stop, naming the file) or skip (train without it, listed at the end)

@@ -256,3 +256,92 @@ def test_oracle_setting_is_validated_by_the_plan(voc):
                                             r"expected true or false, or the share of each batch's unlabeled "
                                             r"images in \[0, 1\]"):
             plan_from_config(cfg)
+
+
+# ------------------------------------------------------------------------------------- end-of-epoch checkpoints
+
+
+def _checkpoint_recorder(monkeypatch, voc, tmp_path, **trainer_keys):
+    """A Trainer without models (its epoch loop, validation and file writers replaced by recorders): returns it and
+    the list of ('last', epoch, iteration) / ('best', model, epoch) / ('plot',) events in order."""
+    from types import SimpleNamespace
+    from ms_semiseg.train import trainer as trainer_module
+    from ms_semiseg.train.plan import plan_from_config
+    cfg = make_cfg(voc)
+    cfg["trainer"].update(trainer_keys)
+    events = []
+    trainer = trainer_module.Trainer.__new__(trainer_module.Trainer)
+    trainer.plan = plan_from_config(cfg)
+    trainer.meta = {"epoch": 0, "iteration": 0, "best_miou": None, "best_epoch": None, "history": []}
+    trainer.saved_at, trainer.stop_request, trainer.skipped = (0, 0), None, []
+    trainer.files = SimpleNamespace(best=str(tmp_path / "best.ckpt"), last=str(tmp_path / "last.ckpt"),
+                                    path=lambda name: str(tmp_path / name))
+    trainer.pair, trainer.log = SimpleNamespace(student="student", teacher="teacher"), SimpleNamespace(rows=[])
+    trainer.method, trainer.optimizer = SimpleNamespace(checkpoint_arrays=lambda: None), None
+    trainer.dist = SimpleNamespace(is_main=True)
+    trainer.run_epoch = lambda epoch, start: None
+    trainer.validate = lambda epoch: {"miou": [0.3, 0.5, 0.4, 0.6, 0.2][epoch], "proto_miou": None, "model": "x"}
+    trainer.summary = lambda: "summary"
+    trainer.resume_command = lambda resume: "resume"
+    monkeypatch.setattr(trainer_module, "sync_replicas", lambda pair: None)
+    monkeypatch.setattr(trainer_module, "dump_rank_parameters", lambda *args: None)
+    monkeypatch.setattr(trainer_module, "save_training_state",
+                        lambda path, pair, opt, meta, extra: events.append(("last", meta["epoch"], meta["iteration"])))
+    monkeypatch.setattr(trainer_module, "save_model", lambda path, model: events.append(("best", model)))
+    monkeypatch.setattr(trainer_module, "plot_curves", lambda *args: events.append(("plot",)))
+    return trainer, events
+
+
+def test_save_epoch_interval_thins_out_last_ckpt_best_ckpt_and_curves(monkeypatch, voc, tmp_path):
+    # 5 supervised epochs, every 2nd epoch end saves, and the last one; no validation: best.ckpt goes with last.ckpt
+    trainer, events = _checkpoint_recorder(monkeypatch, voc, tmp_path, epochs=5, sup_only_epoch=5, eval_on=False,
+                                           save_epoch_interval=2)
+    assert [trainer.plan.saves_after(e) for e in range(5)] == [False, True, False, True, True]
+    trainer.fit()
+    saved = [("best", "student"), ("last", None, None), ("plot",)]
+    assert events == [event if event[0] != "last" else ("last", epoch, 0)
+                      for epoch in (2, 4, 5) for event in saved] + [("plot",)]
+    assert [record["epoch"] for record in trainer.meta["history"]] == [1, 2, 3, 4, 5]
+    assert trainer.meta["best_epoch"] == 5
+
+
+def test_with_validation_best_ckpt_still_follows_every_improvement(monkeypatch, voc, tmp_path):
+    trainer, events = _checkpoint_recorder(monkeypatch, voc, tmp_path, epochs=5, sup_only_epoch=5,
+                                           save_epoch_interval=3)
+    assert trainer.plan.eval_on
+    trainer.fit()  # mIoU per epoch 0.3, 0.5, 0.4, 0.6, 0.2: improvements at epochs 1, 2, 4
+    assert [event[0] for event in events] == ["best", "best", "last", "plot", "best", "last", "plot", "plot"]
+    assert [event for event in events if event[0] == "last"] == [("last", 3, 0), ("last", 5, 0)]
+    assert (trainer.meta["best_epoch"], trainer.meta["best_miou"]) == (4, 0.6)
+
+
+@pytest.mark.parametrize("stop_in_epoch", [0, 1])
+def test_a_stop_at_an_epoch_end_the_interval_skipped_still_saves_there(monkeypatch, voc, tmp_path, stop_in_epoch):
+    import signal
+    from ms_semiseg.errors import Interrupted
+    from ms_semiseg.train.interrupt import StopRequest
+    trainer, events = _checkpoint_recorder(monkeypatch, voc, tmp_path, epochs=5, sup_only_epoch=5, eval_on=False,
+                                           save_epoch_interval=2)
+    trainer.stop_request = StopRequest()
+
+    def run_epoch(epoch, start):  # SIGTERM arrives during this epoch
+        if epoch == stop_in_epoch:
+            trainer.stop_request.signum = signal.SIGTERM
+    trainer.run_epoch = run_epoch
+    with pytest.raises(Interrupted):
+        trainer.fit()
+    assert [event for event in events if event[0] == "last"] == [("last", stop_in_epoch + 1, 0)]
+    trainer.saved_at = (stop_in_epoch + 1, 0)
+    trainer.save_unsaved(stop_in_epoch + 1, 0)  # what last.ckpt holds is not written again
+    assert len([event for event in events if event[0] == "last"]) == 1
+
+
+def test_save_epoch_interval_must_be_a_positive_int(voc):
+    from ms_semiseg.train.plan import plan_from_config
+    cfg = make_cfg(voc)
+    assert plan_from_config(cfg).save_epoch_interval == 1  # default: every epoch end, as U2PL
+    for bad in (0, 1.5, "2"):
+        cfg["trainer"]["save_epoch_interval"] = bad
+        with pytest.raises(UserError, match=rf"trainer.save_epoch_interval: {bad!r} is not valid, expected an int "
+                                            r">= 1"):
+            plan_from_config(cfg)

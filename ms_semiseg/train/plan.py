@@ -40,6 +40,7 @@ class TrainPlan:
     # true labels instead of the teacher's pseudo-labels (0: none, the method itself)
     log_interval: int
     save_interval: int
+    save_epoch_interval: int  # last.ckpt (and curves.png; best.ckpt without validation) every N-th epoch end
     eval_on: bool
     iterations: int  # per epoch, micro-batches (a multiple of `accumulation`)
     batch: "GlobalBatch"  # defined below
@@ -85,6 +86,12 @@ class TrainPlan:
 
     def is_semi_epoch(self, epoch):
         return self.semi and epoch >= self.sup_only_epoch
+
+    def saves_after(self, epoch):
+        """Whether the end of `epoch` (0-based) writes last.ckpt: every `save_epoch_interval`-th epoch and the last
+        one (a stop request saves wherever it lands)."""
+        done = epoch + 1
+        return done % self.save_epoch_interval == 0 or done >= self.epochs
 
 
 def _unsup_type(cfg):
@@ -226,6 +233,7 @@ def plan_from_config(cfg, world_size=1):
         oracle_rows=_oracle(cfg, batch_size) if semi else 0,
         log_interval=_number(cfg, "trainer.log_interval", DEFAULT_LOG_INTERVAL, 1, kind=int),
         save_interval=_number(cfg, "trainer.save_interval", 0, 0, kind=int),
+        save_epoch_interval=_number(cfg, "trainer.save_epoch_interval", 1, 1, kind=int),
         eval_on=eval_on,
         iterations=_whole_updates(iterations_per_epoch(data, batch_size, world_size, semi), batch.accumulation),
         batch=batch,  # batch_size is per device

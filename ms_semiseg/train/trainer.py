@@ -79,6 +79,7 @@ class Trainer:
                      "grad_accumulation": plan.accumulation}
         if resume:
             self._resume()
+        self.saved_at = self.position  # what last.ckpt holds (a new run: the start, nothing to save yet)
         self.log = StepLog(files.path("log.csv"), plan.log_interval, self.global_step(*self.position))
         self.skipped = SkippedSamples(self.meta.get("skipped_images", ()))  # dataset.on_bad_image: skip
         self.stop_request, self.resume_command = None, None  # set by `run`: SIGINT/SIGTERM (interrupt.py)
@@ -128,6 +129,13 @@ class Trainer:
         extra = self.method.checkpoint_arrays()
         if self.dist.is_main:
             save_training_state(self.files.last, self.pair, self.optimizer, self.meta, extra)
+        self.saved_at = (epoch, iteration)
+
+    def save_unsaved(self, epoch, iteration):
+        """On a stop: last.ckpt at this position unless it already holds it (also an epoch end that
+        trainer.save_epoch_interval skipped)."""
+        if self.saved_at != (epoch, iteration):
+            self.save_checkpoint(epoch, iteration)
 
     def _on_bad_loss(self, info, value):
         names = ("total", "sup", "unsup", "proto")
@@ -236,8 +244,7 @@ class Trainer:
             for iteration, batch in enumerate(pipeline, start=start_iteration):
                 if self.stop_request and iteration % plan.accumulation == 0:  # SIGINT/SIGTERM, between updates
                     self._show(bar, self.log.flush(self._on_bad_loss, images_per_step))
-                    if iteration > start_iteration:
-                        self.save_checkpoint(epoch, iteration)
+                    self.save_unsaved(epoch, iteration)
                     raise self._interrupted(epoch, iteration)
                 step = self.global_step(epoch, iteration)
                 losses = run_iteration(batch, epoch, iteration)
@@ -311,13 +318,20 @@ class Trainer:
             proto = f", prototype head {100 * record['proto_miou']:.2f}" if record["proto_miou"] is not None else ""
             say(f"epoch {epoch + 1}: validation mIoU ({record['model']}, center crop) {100 * record['miou']:.2f}"
                 f"{proto}")
-        improved = not self.plan.eval_on or self.meta["best_miou"] is None or record["miou"] > self.meta["best_miou"]
+        # Short epochs (the demo's baseline: 5 iterations) would spend more time writing 150 MB of checkpoints and
+        # redrawing curves.png than training: trainer.save_epoch_interval thins out those writes (docs/demo.md).
+        due = self.plan.saves_after(epoch)  # a stop request saves in `fit`
+        if self.plan.eval_on:  # best.ckpt on improvement: the best model is not kept anywhere else
+            improved = self.meta["best_miou"] is None or record["miou"] > self.meta["best_miou"]
+        else:  # no validation: best.ckpt is the newest model, written with last.ckpt
+            improved = due
         if improved:
             main_process_only(save_model)(self.files.best, getattr(self.pair, model_name))
             self.meta.update(best_miou=record.get("miou"), best_epoch=epoch + 1)
         self.meta["history"].append(record)
-        self.save_checkpoint(epoch + 1, 0)
-        plot_curves(self.files.path("curves.png"), self.log.rows, self.meta["history"])
+        if due:
+            self.save_checkpoint(epoch + 1, 0)
+            plot_curves(self.files.path("curves.png"), self.log.rows, self.meta["history"])
 
     def fit(self):
         epoch, iteration = self.position
@@ -327,7 +341,8 @@ class Trainer:
             self.run_epoch(epoch, iteration)
             self.end_epoch(epoch)
             epoch, iteration = epoch + 1, 0
-            if self.stop_request and epoch < self.plan.epochs:  # end_epoch has just saved last.ckpt
+            if self.stop_request and epoch < self.plan.epochs:
+                self.save_unsaved(epoch, iteration)
                 raise self._interrupted(epoch, iteration)
         plot_curves(self.files.path("curves.png"), self.log.rows, self.meta["history"])
         dump_rank_parameters(self.pair, self.method.checkpoint_arrays())  # debug aid
