@@ -263,7 +263,7 @@ def test_oracle_setting_is_validated_by_the_plan(voc):
 
 def _checkpoint_recorder(monkeypatch, voc, tmp_path, **trainer_keys):
     """A Trainer without models (its epoch loop, validation and file writers replaced by recorders): returns it and
-    the list of ('last', epoch, iteration) / ('best', model, epoch) / ('plot',) events in order."""
+    the list of ('last', epoch, iteration) / ('best', model) / ('plot',) events in order."""
     from types import SimpleNamespace
     from ms_semiseg.train import trainer as trainer_module
     from ms_semiseg.train.plan import plan_from_config
@@ -330,9 +330,9 @@ def test_a_stop_at_an_epoch_end_the_interval_skipped_still_saves_there(monkeypat
     trainer.run_epoch = run_epoch
     with pytest.raises(Interrupted):
         trainer.fit()
+    # epoch 1 ends unsaved (interval 2): the stop saves there; epoch 2's end saved already: not written twice
     assert [event for event in events if event[0] == "last"] == [("last", stop_in_epoch + 1, 0)]
-    trainer.saved_at = (stop_in_epoch + 1, 0)
-    trainer.save_unsaved(stop_in_epoch + 1, 0)  # what last.ckpt holds is not written again
+    trainer.save_unsaved(stop_in_epoch + 1, 0)  # a later stop at the same position does not write it again
     assert len([event for event in events if event[0] == "last"]) == 1
 
 
