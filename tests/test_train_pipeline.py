@@ -273,7 +273,7 @@ def _checkpoint_recorder(monkeypatch, voc, tmp_path, **trainer_keys):
     trainer = trainer_module.Trainer.__new__(trainer_module.Trainer)
     trainer.plan = plan_from_config(cfg)
     trainer.meta = {"epoch": 0, "iteration": 0, "best_miou": None, "best_epoch": None, "history": []}
-    trainer.saved_at, trainer.stop_request, trainer.skipped = (0, 0), None, []
+    trainer.stop_request, trainer.skipped = None, []
     trainer.files = SimpleNamespace(best=str(tmp_path / "best.ckpt"), last=str(tmp_path / "last.ckpt"),
                                     path=lambda name: str(tmp_path / name))
     trainer.pair, trainer.log = SimpleNamespace(student="student", teacher="teacher"), SimpleNamespace(rows=[])

@@ -79,7 +79,6 @@ class Trainer:
                      "grad_accumulation": plan.accumulation}
         if resume:
             self._resume()
-        self.saved_at = self.position  # what last.ckpt holds (a new run: the start, nothing to save yet)
         self.log = StepLog(files.path("log.csv"), plan.log_interval, self.global_step(*self.position))
         self.skipped = SkippedSamples(self.meta.get("skipped_images", ()))  # dataset.on_bad_image: skip
         self.stop_request, self.resume_command = None, None  # set by `run`: SIGINT/SIGTERM (interrupt.py)
@@ -129,12 +128,11 @@ class Trainer:
         extra = self.method.checkpoint_arrays()
         if self.dist.is_main:
             save_training_state(self.files.last, self.pair, self.optimizer, self.meta, extra)
-        self.saved_at = (epoch, iteration)
 
     def save_unsaved(self, epoch, iteration):
         """On a stop: last.ckpt at this position unless it already holds it (also an epoch end that
-        trainer.save_epoch_interval skipped)."""
-        if self.saved_at != (epoch, iteration):
+        trainer.save_epoch_interval skipped). `position` is what last.ckpt holds (a new run: the start)."""
+        if self.position != (epoch, iteration):
             self.save_checkpoint(epoch, iteration)
 
     def _on_bad_loss(self, info, value):
