@@ -1,5 +1,5 @@
 """The benches' own logic (no timing): eval_speed's image-size mixes and argument errors, train_speed's trainer
-config. Speed and memory targets live in the bench scripts' printed ratios, never in tests."""
+config, step_times' arithmetic on a hand-written log.csv. Speed and memory targets live in the bench scripts' printed ratios, never in tests."""
 import os
 import subprocess
 import sys
@@ -9,6 +9,7 @@ from tests.helpers import REPO_ROOT
 
 sys.path.insert(0, os.path.join(REPO_ROOT, "bench"))
 import eval_speed  # noqa: E402
+import step_times  # noqa: E402
 import train_speed  # noqa: E402
 
 
@@ -61,3 +62,32 @@ def test_the_pytorch_side_does_not_import_mindspore():
                          env=dict(os.environ, PYTHONPATH=REPO_ROOT))
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_step_times_per_phase_from_a_log_with_a_save_and_a_resume(tmp_path, capsys):
+    """Steps 0-4 supervised (1 s each but a 7 s epoch-end save), then semi steps of 2 s with a 9 s compilation,
+    the run stopped and resumed before step 7 (400 s later): durations are consecutive differences, the pause
+    is listed apart."""
+    stamps = [(0, "supervised", 100.0), (1, "supervised", 101.0), (2, "supervised", 102.0),
+              (3, "supervised", 109.0), (4, "supervised", 110.0), (5, "semi", 119.0), (6, "semi", 121.0),
+              (7, "semi", 521.0), (8, "semi", 523.0)]
+    lines = ["epoch,iteration,step,phase,loss,sup,unsup,proto,lr,lr_decoder,images_per_s,graphs,time_s"]
+    lines += [f"1,{step + 1},{step},{phase},0,0,0,0,0.01,0.1,5,1,{time_s}" for step, phase, time_s in stamps]
+    (tmp_path / "log.csv").write_text("\n".join(lines) + "\n")
+    step_times.main([str(tmp_path)])
+    rows = capsys.readouterr().out.splitlines()
+    # supervised: 1, 1, 7, 1 -> median 1, mean 2.5, sum 10, the 7 s step long (over 3 x 1);
+    # semi: 9, 2, (400 left out), 2 -> median 2, mean 4.333, sum 13, the 9 s step long
+    assert rows[3] == "| supervised | 4 | 1.000 | 2.500 | 10.0 | 1, 7.0 |"
+    assert rows[4] == "| semi | 3 | 2.000 | 4.333 | 13.0 | 1, 9.0 |"
+    assert rows[5] == "| all | 7 | | | 23.0 | |"
+    assert rows[6] == "left out: 400.0 s before step 7 (a stop and resume?)"
+
+
+def test_step_times_refuses_a_file_that_is_not_a_training_log(tmp_path):
+    (tmp_path / "log.csv").write_text("a,b\n1,2\n")
+    out = subprocess.run([sys.executable, os.path.join(REPO_ROOT, "bench", "step_times.py"), str(tmp_path)],
+                         capture_output=True, text=True, cwd=REPO_ROOT)
+    assert out.returncode == 2 and out.stdout == ""
+    assert out.stderr.strip() == (f"error: {tmp_path}/log.csv: expected at least two rows with columns step, "
+                                  "phase, time_s (a log.csv written by ms_semiseg train)")
