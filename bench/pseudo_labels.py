@@ -2,11 +2,14 @@
 would see as unlabeled (the demo dataset keeps labels for every image, so this can be measured).
 
     python bench/pseudo_labels.py --config experiments/demo/ours/config.yaml --ckpt outputs/demo/ours/checkpoints/best.ckpt \
-        [--data-root data/demo] [--list <data-root>/splits/unlabeled.txt] [--thresholds 0 0.5 0.8 0.95] [--limit 200]
+        [--data-root data/demo] [--list <data-root>/splits/unlabeled.txt] [--thresholds 0 0.5 0.8 0.95] [--limit 200] \
+        [--weights student]   # from a training state (last.ckpt): the student, e.g. at the end of the warm-up
 
 Per confidence threshold t (max softmax of the linear head, as the mean teacher thresholds it): coverage (share of
-labeled pixels with confidence >= t), pixel accuracy and mIoU on those pixels, and the share of them predicted
-background against the share that is background: what a student trained on these pseudo-labels is taught.
+labeled pixels with confidence >= t), pixel accuracy, mIoU and per-class IoU on those pixels, and the share of them
+predicted background against the share that is background: what a student trained on these pseudo-labels is taught.
+Before the semi-supervised phase a training state's teacher has not been set from the student yet (U2PL copies it
+at the switch): pass `--weights student` for the model the first pseudo-labels will come from.
 """
 import argparse
 import os
@@ -43,7 +46,8 @@ class ThresholdScore:
         share = lambda part, whole: 100.0 * part / max(whole, 1)  # noqa: E731
         return [f"{self.threshold:g}", f"{share(self.covered, self.valid):.1f}", f"{share(self.correct, self.covered):.1f}",
                 f"{100 * self.iou.miou():.1f}", f"{share(self.pred_background, self.covered):.1f}",
-                f"{share(self.true_background, self.covered):.1f}"]
+                f"{share(self.true_background, self.covered):.1f}",
+                " / ".join(f"{100 * value:.1f}" for value in self.iou.iou())]
 
 
 def main():
@@ -55,6 +59,8 @@ def main():
     parser.add_argument("--thresholds", type=float, nargs="+", default=[0.0, 0.5, 0.8, 0.95])
     parser.add_argument("--limit", type=int, default=200, help="first N images of the list (default 200)")
     parser.add_argument("--device", default=None)
+    parser.add_argument("--weights", choices=("teacher", "student"), default=None,
+                        help="with a training state (last.ckpt): which model (default: the teacher where there is one)")
     args = parser.parse_args()
 
     import ms_semiseg  # noqa: F401  (CPU kernel settings before MindSpore runs)
@@ -70,7 +76,7 @@ def main():
     dataset_cfg = resolved_dataset_config(cfg, data_root)
     num_classes = int(cfg["net"]["num_classes"])
     dataset = build_dataset(dataset_cfg, "val", num_classes=num_classes)
-    predict = Predictor(load_model(cfg, args.ckpt))
+    predict = Predictor(load_model(cfg, args.ckpt, weights=args.weights))
     scores = [ThresholdScore(t, num_classes) for t in args.thresholds]
     count = min(args.limit, len(dataset))
     for index in tqdm(range(count), desc="pseudo-labels", unit="img", file=sys.stderr):
@@ -80,7 +86,7 @@ def main():
         prediction, confidence = probabilities.argmax(axis=0), probabilities.max(axis=0)
         for score in scores:
             score.update(prediction, confidence, label)
-    header = ["threshold", "coverage %", "accuracy %", "mIoU %", "predicted bg %", "true bg %"]
+    header = ["threshold", "coverage %", "accuracy %", "mIoU %", "predicted bg %", "true bg %", "IoU per class %"]
     rows = [header] + [score.row() for score in scores]
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     print(f"{args.ckpt} on {count} images of {dataset.list_path}")

@@ -1,5 +1,5 @@
 """The benches' own logic (no timing): eval_speed's image-size mixes and argument errors, train_speed's trainer
-config, step_times' arithmetic on a hand-written log.csv. Speed and memory targets live in the bench scripts' printed ratios, never in tests."""
+config, step_times' arithmetic on a hand-written log.csv, pseudo_labels' scores on a hand-made map. Speed and memory targets live in the bench scripts' printed ratios, never in tests."""
 import os
 import subprocess
 import sys
@@ -9,6 +9,7 @@ from tests.helpers import REPO_ROOT
 
 sys.path.insert(0, os.path.join(REPO_ROOT, "bench"))
 import eval_speed  # noqa: E402
+import pseudo_labels  # noqa: E402
 import step_times  # noqa: E402
 import train_speed  # noqa: E402
 
@@ -91,3 +92,15 @@ def test_step_times_refuses_a_file_that_is_not_a_training_log(tmp_path):
     assert out.returncode == 2 and out.stdout == ""
     assert out.stderr.strip() == (f"error: {tmp_path}/log.csv: expected at least two rows with columns step, "
                                   "phase, time_s (a log.csv written by ms_semiseg train)")
+
+
+def test_pseudo_label_scores_count_only_confident_labeled_pixels():
+    """Six pixels, one ignored (255); at t = 0.8 three are covered: background right, class 1 right, class 2
+    predicted 1. Per class I/U: bg 1/1, class 1 1/2, class 2 0/1 -> mIoU 50."""
+    import numpy as np
+    prediction = np.array([[0, 1, 1], [2, 0, 1]])
+    confidence = np.array([[0.9, 0.9, 0.95], [0.5, 0.99, 0.3]])
+    label = np.array([[0, 1, 2], [2, 255, 1]])
+    score = pseudo_labels.ThresholdScore(0.8, 3)
+    score.update(prediction, confidence, label)
+    assert score.row() == ["0.8", "60.0", "66.7", "50.0", "33.3", "33.3", "100.0 / 50.0 / 0.0"]
