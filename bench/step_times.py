@@ -48,6 +48,11 @@ def read_rows(path):
     if missing or len(rows) < 2:
         fail(f"{path}: expected at least two rows with columns step, phase, time_s (a log.csv written by "
              "ms_semiseg train)")
+    for line, row in enumerate(rows, start=2):
+        try:
+            row["time_s"] = float(row["time_s"])
+        except (TypeError, ValueError):
+            fail(f"{path}, line {line}: time_s {row['time_s']!r}; expected seconds since the epoch")
     return path, rows
 
 
@@ -60,7 +65,7 @@ def phase_times(rows, long_factor, gap):
     """Step durations grouped by phase, and the (step, seconds) differences over `gap` left out of them."""
     phases, gaps = [], []
     for previous, row in zip(rows, rows[1:]):
-        seconds = float(row["time_s"]) - float(previous["time_s"])
+        seconds = row["time_s"] - previous["time_s"]
         if seconds > gap:
             gaps.append((int(row["step"]), seconds))
             continue

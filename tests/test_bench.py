@@ -86,12 +86,16 @@ def test_step_times_per_phase_from_a_log_with_a_save_and_a_resume(tmp_path, caps
 
 
 def test_step_times_refuses_a_file_that_is_not_a_training_log(tmp_path):
-    (tmp_path / "log.csv").write_text("a,b\n1,2\n")
-    out = subprocess.run([sys.executable, os.path.join(REPO_ROOT, "bench", "step_times.py"), str(tmp_path)],
-                         capture_output=True, text=True, cwd=REPO_ROOT)
-    assert out.returncode == 2 and out.stdout == ""
-    assert out.stderr.strip() == (f"error: {tmp_path}/log.csv: expected at least two rows with columns step, "
-                                  "phase, time_s (a log.csv written by ms_semiseg train)")
+    def errors(text):
+        (tmp_path / "log.csv").write_text(text)
+        out = subprocess.run([sys.executable, os.path.join(REPO_ROOT, "bench", "step_times.py"), str(tmp_path)],
+                             capture_output=True, text=True, cwd=REPO_ROOT)
+        assert out.returncode == 2 and out.stdout == ""
+        return out.stderr.strip()
+    assert errors("a,b\n1,2\n") == (f"error: {tmp_path}/log.csv: expected at least two rows with columns step, "
+                                     "phase, time_s (a log.csv written by ms_semiseg train)")
+    assert errors("step,phase,time_s\n0,semi,1.5\n1,semi,soon\n") == (
+        f"error: {tmp_path}/log.csv, line 3: time_s 'soon'; expected seconds since the epoch")
 
 
 def test_pseudo_label_scores_count_only_confident_labeled_pixels():
