@@ -25,15 +25,10 @@ from dataclasses import dataclass
 class PhaseTimes:
     phase: str
     steps: list  # seconds per step, in order
-    long_factor: float
 
     @property
     def median(self):
         return statistics.median(self.steps)
-
-    @property
-    def long_steps(self):
-        return [s for s in self.steps if s > self.long_factor * self.median]
 
 
 def read_rows(path):
@@ -61,7 +56,7 @@ def fail(message):
     sys.exit(2)
 
 
-def phase_times(rows, long_factor, gap):
+def phase_times(rows, gap):
     """Step durations grouped by phase, and the (step, seconds) differences over `gap` left out of them."""
     phases, gaps = [], []
     for previous, row in zip(rows, rows[1:]):
@@ -70,17 +65,17 @@ def phase_times(rows, long_factor, gap):
             gaps.append((int(row["step"]), seconds))
             continue
         if not phases or phases[-1].phase != row["phase"]:
-            phases.append(PhaseTimes(row["phase"], [], long_factor))
+            phases.append(PhaseTimes(row["phase"], []))
         phases[-1].steps.append(seconds)
     return phases, gaps
 
 
-def table(path, phases, gaps):
+def table(path, phases, gaps, long_factor):
     lines = [f"{path}",
              "| phase | steps | median s | mean s | sum s | long steps (count, sum s) |",
              "| --- | --- | --- | --- | --- | --- |"]
     for times in phases:
-        long_steps = times.long_steps
+        long_steps = [s for s in times.steps if s > long_factor * times.median]
         lines.append(f"| {times.phase} | {len(times.steps)} | {times.median:.3f} | "
                      f"{statistics.fmean(times.steps):.3f} | {sum(times.steps):.1f} | "
                      f"{len(long_steps)}, {sum(long_steps):.1f} |")
@@ -102,7 +97,7 @@ def main(argv=None):
         fail(f"--long {args.long}: expected a factor above 1")
     for log in args.logs:
         path, rows = read_rows(log)
-        print(table(path, *phase_times(rows, args.long, args.gap)))
+        print(table(path, *phase_times(rows, args.gap), args.long))
         print()
 
 
