@@ -7,7 +7,8 @@ from types import SimpleNamespace
 
 from tests.helpers import REPO_ROOT
 
-sys.path.insert(0, os.path.join(REPO_ROOT, "bench"))
+BENCH = os.path.join(REPO_ROOT, "bench")
+sys.path.insert(0, BENCH)
 import eval_speed  # noqa: E402
 import pseudo_labels  # noqa: E402
 import step_times  # noqa: E402
@@ -108,3 +109,24 @@ def test_pseudo_label_scores_count_only_confident_labeled_pixels():
     score = pseudo_labels.ThresholdScore(0.8, 3)
     score.update(prediction, confidence, label)
     assert score.row() == ["0.8", "60.0", "66.7", "50.0", "33.3", "33.3", "100.0 / 50.0 / 0.0"]
+
+
+def test_pseudo_label_oracle_share_spreads_true_labels_evenly():
+    """--oracle-share: floor(n * share) of the first n images carry their true labels at confidence 1 (0.4: 0-based
+    indices 2, 4, 7, 9 of each 10); the others keep the model's prediction and confidence."""
+    import numpy as np
+    assert [i for i in range(10) if pseudo_labels.oracle_image(i, 0.4)] == [2, 4, 7, 9]
+    assert [i for i in range(10) if pseudo_labels.oracle_image(i, 0.2)] == [4, 9]
+    assert not any(pseudo_labels.oracle_image(i, 0.0) for i in range(10))
+    assert all(pseudo_labels.oracle_image(i, 1.0) for i in range(10))
+    prediction, confidence, label = np.array([[0, 1]]), np.array([[0.3, 0.9]]), np.array([[2, 255]])
+    kept = pseudo_labels.with_oracle(prediction, confidence, label, False)
+    assert kept[0] is prediction and kept[1] is confidence
+    true, ones = pseudo_labels.with_oracle(prediction, confidence, label, True)
+    assert true.tolist() == [[2, 255]] and ones.tolist() == [[1.0, 1.0]]
+
+
+def test_pseudo_label_oracle_share_out_of_range_is_a_usage_error():
+    result = subprocess.run([sys.executable, os.path.join(BENCH, "pseudo_labels.py"), "--config", "x", "--ckpt", "y",
+                             "--oracle-share", "1.5"], capture_output=True, text=True)
+    assert result.returncode == 2 and "'1.5': expected a share between 0 and 1" in result.stderr
