@@ -12,8 +12,9 @@ predicted background against the share that is background: what a student traine
 `--oracle-share S` scores what the partial oracle (`trainer.unsupervised.oracle_pseudo_labels: S`) hands the
 student: a share S of the images, spread evenly over the list, carries its true labels at confidence 1, the others
 the model's. Comparing it with the model alone says how far the model's pseudo-labels are from a mix that gave a
-known gain (docs/demo.md, seventh round). Before the semi-supervised phase a training state's teacher has not been set from the student yet (U2PL copies it
-at the switch): pass `--weights student` for the model the first pseudo-labels will come from.
+known gain (docs/demo.md, seventh round). Before the semi-supervised phase a training state's teacher has not been
+set from the student yet (U2PL copies it at the switch): pass `--weights student` for the model the first
+pseudo-labels will come from.
 """
 import argparse
 import os
