@@ -6,9 +6,10 @@ run's summary.json and prints, per method, the mean, the sample standard deviati
 (and prototype-head) mIoU, the PCR - supervised gap per seed, and the mean train time. The dataset is the same
 bundled one for every seed (its generator is deterministic); only the training seed changes.
 
-    python bench/demo_seeds.py [--seeds 0 1 2] [--out outputs/demo_seeds] [--device CPU] [-- demo options...]
+    python bench/demo_seeds.py [--seeds 0 1 2] [--data-seed N] [--long] [--out DIR] [--device CPU] [-- demo options...]
 
-Takes about 3 x the demo's time (about 45 minutes on 2 CPU cores). The last line is
+Takes about 3 x the demo's time (about 45 minutes on 2 CPU cores; with --long, the 1550-iteration run, about 2.5x
+that). The last line is
 `demo seeds: n=<k> suponly=<mean>±<std> pcr=<mean>±<std> brpg=<mean>±<std or n/a>`.
 """
 import argparse
@@ -82,6 +83,12 @@ def gap_line(summaries, key, title, head="miou"):
     return f"{title} - supervised per seed: {per_seed} (mean {format_spread(spread(gaps))})" if gaps else None
 
 
+def default_out(data_seed, long_run):
+    """outputs/demo_seeds[_data<N>][_long]: a folder per setting, so that one never retrains over another."""
+    name = "demo_seeds" + (f"_data{data_seed}" if data_seed else "") + ("_long" if long_run else "")
+    return os.path.join(REPO_ROOT, "outputs", name)
+
+
 def short(stats):
     return "n/a" if stats is None else f"{stats[0]:.2f}±{stats[1]:.2f}"
 
@@ -91,15 +98,17 @@ def main():
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--data-seed", type=int, default=0,
                         help="generated dataset (0: the one the demo was tuned on; 101, 202: the held-out ones)")
+    parser.add_argument("--long", action="store_true",
+                        help="the demo's --long run (1550 iterations, where PCR's gain shows; about 2.5x the time)")
     parser.add_argument("--out", default=None, help="default outputs/demo_seeds (outputs/demo_seeds_data<N> for "
-                                                     "--data-seed N)")
+                                                     "--data-seed N; _long appended with --long)")
     parser.add_argument("--device", default=None)
     parser.add_argument("extra", nargs="*", help="more demo options after `--`, e.g. -- --methods suponly ours")
     args = parser.parse_args()
-    out = args.out or os.path.join(REPO_ROOT, "outputs",
-                                   "demo_seeds" + (f"_data{args.data_seed}" if args.data_seed else ""))
+    out = args.out or default_out(args.data_seed, args.long)
+    extra = (["--long"] if args.long else []) + args.extra
     summaries = [run_seed(seed, args.data_seed, os.path.join(os.path.abspath(out), f"seed{seed}"), args.device,
-                          args.extra) for seed in args.seeds]
+                          extra) for seed in args.seeds]
     rows, linear = method_rows(summaries)
     print(f"\ndata seed {args.data_seed}, training seeds {args.seeds}: mean ± sample std (min .. max) of the val "
           "mIoU (%)")

@@ -127,6 +127,30 @@ def test_run_fingerprint_follows_seed_and_overrides(demo_runs):
     assert changed.fingerprint() != base.fingerprint() and changed.iterations == 5 * per_epoch
 
 
+def test_long_gives_every_method_two_and_a_half_times_the_iterations(tmp_path):
+    from ms_semiseg.demo.make_data import make_dataset
+    make_dataset(tmp_path / "data", **dict(demo.QUICK_DATA, seed=0))
+    # batch 2 on the quick data: 8 unlabeled / 2 = 4 semi-supervised iterations per epoch, 4 labeled / 2 = 2
+    common = demo.data_opts(str(tmp_path / "data")) + ["dataset.batch_size=2"]
+    default = specs.load_spec(BY_KEY["ours"], common, str(tmp_path / "x"), seed=0)
+    assert default.iterations == 4 * 4  # experiments/demo/ours/config.yaml: 4 epochs
+    per_method = demo.with_preset(demo.split_opts(["meanteacher:net.ema_decay=0.9"]), demo.long_preset())
+    built = {spec.method.key: spec for spec in specs.build_specs(["suponly", "meanteacher", "ours"], per_method,
+                                                                  common, str(tmp_path / "x"), seed=0)}
+    assert built["ours"].iterations == built["meanteacher"].iterations == 10 * 4
+    assert built["suponly"].iterations == 40 and built["suponly"].cfg["trainer"]["epochs"] == 20  # sized from PCR
+    assert built["ours"].cfg["trainer"]["sup_only_epoch"] == 2  # the same warm-up, a longer semi-supervised phase
+    assert built["meanteacher"].cfg["net"]["ema_decay"] == 0.9  # the method's own --opts stay
+    mine = demo.with_preset(demo.split_opts(["ours:trainer.epochs=5"]), demo.long_preset())
+    assert specs.build_specs(["ours"], mine, common, str(tmp_path / "x"), seed=0)[0].iterations == 5 * 4
+
+
+def test_long_and_quick_exclude_each_other(tmp_path):
+    result = run_module("ms_semiseg", "demo", "--quick", "--long", "--out-dir", tmp_path)
+    assert result.returncode == 2 and "argument --long: not allowed with argument --quick" in result.stderr
+    assert "Traceback" not in result.stderr and not list(tmp_path.iterdir())  # rejected before any work
+
+
 def test_split_opts_applies_prefixed_overrides_to_one_method():
     per_method = demo.split_opts(["trainer.epochs=4", "ours:net.proto_head.loss_weight=0.5"])
     assert per_method["suponly"] == per_method["brpg"] == ["trainer.epochs=4"]

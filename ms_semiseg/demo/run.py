@@ -10,7 +10,9 @@ a table and the path of every output. The last line is `demo: suponly=<mIoU> pcr
 
 Work already done is reused: the dataset when its meta.json matches, a training run when its config (with every
 override) and seed match (an interrupted run is resumed), an evaluation when its checkpoint is unchanged. `--fresh`
-redoes everything. The mean teacher and BRPG are optional: when one cannot run, its row says n/a and why.
+redoes everything. The mean teacher and BRPG are optional: when one cannot run, its row says n/a and why. `--long`
+trains every method 1550 iterations instead of 620 (the length at which PCR's gain shows, docs/demo.md); `--quick`
+is a one-minute smoke test.
 """
 import json
 import os
@@ -19,13 +21,14 @@ from pathlib import Path
 
 from ..errors import UserError
 from .make_data import DEFAULT_LABELED_FRACTION, fraction
-from .report import last_line, print_report, output_paths, summary_payload, write_figure
+from .report import budget_note, last_line, print_report, output_paths, summary_payload, write_figure
 from .runs import Result, left_out_reason, remove_tree, run_method
-from .specs import DEFAULT_METHODS, METHOD_KEYS, METHODS, REPO_ROOT, build_specs
+from .specs import BASELINE, DEFAULT_METHODS, METHOD_KEYS, METHODS, REPO_ROOT, build_specs
 
 DEFAULT_DATA_DIR = "data/demo"
 DEFAULT_OUT_DIR = "outputs/demo"
 QUICK_OUT_DIR = "outputs/demo_quick"  # --quick keeps its tiny dataset in <out-dir>/data
+LONG_OUT_DIR = "outputs/demo_long"
 DEFAULT_SEED = 0
 DATA_SEED = 0  # the bundled dataset; --seed varies the training runs only, --data-seed the generated dataset
 SUMMARY_NAME = "summary.json"
@@ -37,6 +40,10 @@ QUICK_OPTS = {"all": ["trainer.epochs=3", "dataset.batch_size=4", "dataset.train
               "ours": ["net.proto_head.select_granularity=8"],
               "brpg": ["trainer.prototype.sample_pixel_num=50", "trainer.prototype.unsup_sample_num=20",
                        "trainer.prototype.queue_len=500", "trainer.prototype.grid_num=8"]}
+# --long: the run length at which PCR's gain over the baseline shows on the demo data (docs/demo.md, thirteenth and
+# fourteenth rounds): 10 epochs of 155 iterations = 1550, the same 310 warm-up iterations and 1240 semi-supervised
+# ones, about 2.5x the default run's time. The baseline follows PCR's iteration count as always.
+LONG_OPTS = ["trainer.epochs=10"]
 FULL_DATA = {"num_images": 1000, "size": 128, "num_val": None, "labeled_fraction": DEFAULT_LABELED_FRACTION}
 
 
@@ -60,9 +67,13 @@ def add_arguments(parser):
                         help="labeled share of the generated train images (default 1/32; another value regenerates "
                              "the dataset folder)")
     parser.add_argument("--out-dir", default=None, help=f"runs, figure and summary (default {DEFAULT_OUT_DIR}; "
-                                                        f"{QUICK_OUT_DIR} with --quick)")
-    parser.add_argument("--quick", action="store_true",
+                                                        f"{QUICK_OUT_DIR} with --quick, {LONG_OUT_DIR} with --long)")
+    length = parser.add_mutually_exclusive_group()
+    length.add_argument("--quick", action="store_true",
                         help="tiny data (16 images of 48x48) and a few iterations: checks the pipeline, not the method")
+    length.add_argument("--long", action="store_true",
+                        help=f"1550 iterations instead of 620 (about 2.5x the time; default out-dir {LONG_OUT_DIR}): "
+                             "the length at which PCR's gain shows (docs/demo.md)")
     parser.add_argument("--opts", nargs="*", default=[], metavar="[METHOD:]KEY=VALUE",
                         help="config overrides for every method, or for one with a prefix: ours:trainer.epochs=3")
 
@@ -80,6 +91,20 @@ def default_data_dir(data_seed):
 def repo_path(path):
     """Default folders are relative to the repo root (where scripts/demo.sh runs); user paths to the cwd."""
     return os.path.abspath(path if os.path.isabs(path) else os.path.join(REPO_ROOT, path))
+
+
+def default_out_dir(args):
+    return QUICK_OUT_DIR if args.quick else LONG_OUT_DIR if args.long else DEFAULT_OUT_DIR
+
+
+def with_preset(per_method, preset):
+    """`preset` ({method: [key=value, ...]}) before each method's own overrides, so that --opts wins."""
+    return {key: preset.get(key, []) + opts for key, opts in per_method.items()}
+
+
+def long_preset():
+    """--long's overrides: every semi-supervised method runs LONG_OPTS; the baseline is sized from PCR."""
+    return {key: list(LONG_OPTS) for key in METHOD_KEYS if key != BASELINE}
 
 
 def split_opts(opts):
@@ -127,7 +152,7 @@ def run(args):
     from ..utils.atomic import write_text_atomic
     start = time.perf_counter()
     seed = _checked_seed(args.seed)
-    out_dir = repo_path(args.out_dir or (QUICK_OUT_DIR if args.quick else DEFAULT_OUT_DIR))
+    out_dir = repo_path(args.out_dir or default_out_dir(args))
     data_dir = repo_path(args.data_dir) if args.data_dir else (
         os.path.join(out_dir, "data") if args.quick else repo_path(default_data_dir(args.data_seed)))
     per_method = split_opts(args.opts)
@@ -136,9 +161,11 @@ def run(args):
         data_args["labeled_fraction"] = args.labeled_fraction
     meta = prepare_data(data_dir, data_args, args.fresh)
     common = data_opts(data_dir)
-    if args.quick:  # preset first, so that --opts can still change it
+    if args.quick:  # presets first, so that --opts can still change them
         common += QUICK_OPTS["all"]
-        per_method = {key: QUICK_OPTS.get(key, []) + opts for key, opts in per_method.items()}
+        per_method = with_preset(per_method, QUICK_OPTS)
+    elif args.long:
+        per_method = with_preset(per_method, long_preset())
     specs = build_specs(args.methods, per_method, common, out_dir, seed)
     results = [run_method(spec, data_dir, args.device, args.fresh) for spec in specs]
     results += [Result(m, reason=left_out_reason(m)) for m in METHODS if m.key not in args.methods]
@@ -148,6 +175,7 @@ def run(args):
     summary_path = os.path.join(out_dir, SUMMARY_NAME)
     write_text_atomic(summary_path, json.dumps(summary_payload(results, meta, seed, total_s, figure_path), indent=2)
                       + "\n")
-    print_report(results, meta, output_paths(results, data_dir, figure_path, summary_path), total_s, args.quick)
+    print_report(results, meta, output_paths(results, data_dir, figure_path, summary_path), total_s,
+                 budget_note(args))
     print(last_line(results), flush=True)
     return 0
