@@ -99,7 +99,8 @@ def main():
     parser.add_argument("--data-seed", type=int, default=0,
                         help="generated dataset (0: the one the demo was tuned on; 101, 202: the held-out ones)")
     parser.add_argument("--long", action="store_true",
-                        help="the demo's --long run (1550 iterations, where PCR's gain shows; about 2.5x the time)")
+                        help="the demo's --long run (1550 iterations, where PCR's gain shows on the tuning data; "
+                             "about 2.5x the time)")
     parser.add_argument("--out", default=None, help="default outputs/demo_seeds (outputs/demo_seeds_data<N> for "
                                                      "--data-seed N; _long appended with --long)")
     parser.add_argument("--device", default=None)
