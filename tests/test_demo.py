@@ -134,14 +134,14 @@ def test_long_gives_every_method_two_and_a_half_times_the_iterations(tmp_path):
     common = demo.data_opts(str(tmp_path / "data")) + ["dataset.batch_size=2"]
     default = specs.load_spec(BY_KEY["ours"], common, str(tmp_path / "x"), seed=0)
     assert default.iterations == 4 * 4  # experiments/demo/ours/config.yaml: 4 epochs
-    per_method = demo.with_preset(demo.split_opts(["meanteacher:net.ema_decay=0.9"]), demo.long_preset())
+    per_method = demo.with_preset(demo.split_opts(["meanteacher:net.ema_decay=0.9"]), demo.LONG_OPTS)
     built = {spec.method.key: spec for spec in specs.build_specs(["suponly", "meanteacher", "ours"], per_method,
                                                                   common, str(tmp_path / "x"), seed=0)}
     assert built["ours"].iterations == built["meanteacher"].iterations == 10 * 4
     assert built["suponly"].iterations == 40 and built["suponly"].cfg["trainer"]["epochs"] == 20  # sized from PCR
     assert built["ours"].cfg["trainer"]["sup_only_epoch"] == 2  # the same warm-up, a longer semi-supervised phase
     assert built["meanteacher"].cfg["net"]["ema_decay"] == 0.9  # the method's own --opts stay
-    mine = demo.with_preset(demo.split_opts(["ours:trainer.epochs=5"]), demo.long_preset())
+    mine = demo.with_preset(demo.split_opts(["ours:trainer.epochs=5"]), demo.LONG_OPTS)
     assert specs.build_specs(["ours"], mine, common, str(tmp_path / "x"), seed=0)[0].iterations == 5 * 4
 
 

@@ -43,8 +43,8 @@ QUICK_OPTS = {"all": ["trainer.epochs=3", "dataset.batch_size=4", "dataset.train
 # --long: the run length at which PCR's gain over the baseline shows on the tuning data, but not on the held-out
 # data (docs/demo.md, twelfth to fourteenth rounds): 10 epochs of 155 iterations = 1550, the same 310 warm-up
 # iterations and 1240 semi-supervised ones, about 2.5x the default run's time. The baseline follows PCR's iteration
-# count as always.
-LONG_OPTS = ["trainer.epochs=10"]
+# count as always, so it gets no preset.
+LONG_OPTS = {key: ["trainer.epochs=10"] for key in METHOD_KEYS if key != BASELINE}
 FULL_DATA = {"num_images": 1000, "size": 128, "num_val": None, "labeled_fraction": DEFAULT_LABELED_FRACTION}
 
 
@@ -101,11 +101,6 @@ def default_out_dir(args):
 def with_preset(per_method, preset):
     """`preset` ({method: [key=value, ...]}) before each method's own overrides, so that --opts wins."""
     return {key: preset.get(key, []) + opts for key, opts in per_method.items()}
-
-
-def long_preset():
-    """--long's overrides: every semi-supervised method runs LONG_OPTS; the baseline is sized from PCR."""
-    return {key: list(LONG_OPTS) for key in METHOD_KEYS if key != BASELINE}
 
 
 def split_opts(opts):
@@ -166,7 +161,7 @@ def run(args):
         common += QUICK_OPTS["all"]
         per_method = with_preset(per_method, QUICK_OPTS)
     elif args.long:
-        per_method = with_preset(per_method, long_preset())
+        per_method = with_preset(per_method, LONG_OPTS)
     specs = build_specs(args.methods, per_method, common, out_dir, seed)
     results = [run_method(spec, data_dir, args.device, args.fresh) for spec in specs]
     results += [Result(m, reason=left_out_reason(m)) for m in METHODS if m.key not in args.methods]
