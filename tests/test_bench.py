@@ -1,5 +1,6 @@
 """The benches' own logic (no timing): eval_speed's image-size mixes and argument errors, train_speed's trainer
-config, step_times' arithmetic on a hand-written log.csv, pseudo_labels' scores on a hand-made map. Speed and memory targets live in the bench scripts' printed ratios, never in tests."""
+config, step_times' arithmetic on a hand-written log.csv, pseudo_labels' scores and confusion's matrix on hand-made
+maps. Speed and memory targets live in the bench scripts' printed ratios, never in tests."""
 import os
 import subprocess
 import sys
@@ -9,6 +10,7 @@ from tests.helpers import REPO_ROOT
 
 BENCH = os.path.join(REPO_ROOT, "bench")
 sys.path.insert(0, BENCH)
+import confusion  # noqa: E402
 import eval_speed  # noqa: E402
 import pseudo_labels  # noqa: E402
 import step_times  # noqa: E402
@@ -130,3 +132,41 @@ def test_pseudo_label_oracle_share_out_of_range_is_a_usage_error():
     result = subprocess.run([sys.executable, os.path.join(BENCH, "pseudo_labels.py"), "--config", "x", "--ckpt", "y",
                              "--oracle-share", "1.5"], capture_output=True, text=True)
     assert result.returncode == 2 and "'1.5': expected a share between 0 and 1" in result.stderr
+
+
+def test_confusion_rows_are_shares_of_each_true_class_and_255_is_left_out():
+    """Truth [[0, 0, 1, 1], [2, 2, 255, 0]], prediction [[0, 1, 1, 0], [2, 0, 1, 0]]: background's 3 pixels go
+    2 to background and 1 to class 1; class 1's 2 split 1/1 with background; class 2's 2 split 1/1 with background;
+    the 255 pixel counts nowhere."""
+    import numpy as np
+    table = confusion.Confusion(3)
+    table.update(np.array([[0, 1, 1, 0], [2, 0, 1, 0]]), np.array([[0, 0, 1, 1], [2, 2, 255, 0]]))
+    assert table.counts.tolist() == [[2, 1, 0], [1, 1, 0], [1, 0, 1]]
+    assert np.allclose(table.row_percent(), [[200 / 3, 100 / 3, 0], [50, 50, 0], [50, 0, 50]])
+    to_background, false_objects = table.background_shares()
+    assert to_background == {1: 50.0, 2: 50.0} and np.isclose(false_objects, 100 / 3)
+
+
+def test_confusion_reads_eval_maps_against_the_voc_truth_and_names_a_bad_folder(tmp_path):
+    import cv2
+    import numpy as np
+    (tmp_path / "gray").mkdir()
+    (tmp_path / "data" / "SegmentationClassAug").mkdir(parents=True)
+    cv2.imwrite(str(tmp_path / "gray" / "a.png"), np.array([[0, 1], [1, 1]], np.uint8))
+    cv2.imwrite(str(tmp_path / "data" / "SegmentationClassAug" / "a.png"), np.array([[0, 0], [1, 255]], np.uint8))
+    script = os.path.join(BENCH, "confusion.py")
+
+    def run(pred_dir):
+        return subprocess.run([sys.executable, script, str(pred_dir), "--data-root", str(tmp_path / "data"),
+                               "--classes", "background", "thing"], capture_output=True, text=True)
+    result = run(tmp_path / "gray")
+    assert result.returncode == 0, result.stderr
+    rows = [line.split() for line in result.stdout.splitlines()[2:]]
+    assert rows == [["background", "50.0", "50.0", "(objects:", "50.0)"], ["thing", "0.0", "100.0", "0.0"]]
+    missing = run(tmp_path / "nothing")
+    assert missing.returncode == 2 and missing.stderr.strip() == (
+        f"error: {tmp_path / 'nothing'}: no .png prediction found, expected the label-index maps of "
+        "`ms_semiseg eval --save-dir` (<work dir>/eval/gray)")
+    cv2.imwrite(str(tmp_path / "gray" / "a.png"), np.zeros((3, 2), np.uint8))
+    resized = run(tmp_path / "gray")
+    assert resized.returncode == 2 and "2x3 pixels, expected the size of its ground truth (2x2)" in resized.stderr
