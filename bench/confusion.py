@@ -17,6 +17,7 @@ import numpy as np
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO_ROOT)
 
+from ms_semiseg.data.datasets import read_label  # noqa: E402  (clear errors for colour or out-of-range maps)
 from ms_semiseg.errors import UserError  # noqa: E402
 
 
@@ -44,12 +45,6 @@ class Confusion:
         return {c: rows[c, background] for c in objects}, 100.0 - rows[background, background]
 
 
-def read_map(path, num_classes):
-    """A label-index PNG as uint8 HxW (the library's reader: clear errors for colour or out-of-range maps)."""
-    from ms_semiseg.data.datasets import read_label
-    return read_label(path, num_classes)
-
-
 def confusion_of(pred_dir, data_root, num_classes):
     names = sorted(f for f in os.listdir(pred_dir) if f.endswith(".png")) if os.path.isdir(pred_dir) else []
     if not names:
@@ -61,7 +56,7 @@ def confusion_of(pred_dir, data_root, num_classes):
         if not os.path.isfile(truth_path):
             raise UserError(f"{truth_path}: not found, expected the ground truth of the prediction {name} "
                             f"(VOC layout: <data-root>/SegmentationClassAug/<id>.png)")
-        prediction, label = read_map(os.path.join(pred_dir, name), num_classes), read_map(truth_path, num_classes)
+        prediction, label = read_label(os.path.join(pred_dir, name), num_classes), read_label(truth_path, num_classes)
         if prediction.shape != label.shape:
             raise UserError(f"{os.path.join(pred_dir, name)}: {prediction.shape[1]}x{prediction.shape[0]} pixels, "
                             f"expected the size of its ground truth ({label.shape[1]}x{label.shape[0]})")
@@ -95,7 +90,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("pred_dir", help="label-index predictions (<work dir>/eval/gray)")
     parser.add_argument("--data-root", default=os.path.join(REPO_ROOT, "data", "demo"))
-    parser.add_argument("--classes", nargs="+", help="class names, background first (default <data-root>/class_names.txt)")
+    parser.add_argument("--classes", nargs="+",
+                        help="class names, background first (default <data-root>/class_names.txt)")
     args = parser.parse_args()
     try:
         names = class_names(args)
